@@ -1,0 +1,3 @@
+from edge_inspect.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,1 @@
+"""Fused GPU preprocessing kernels (Triton) and their plain-torch reference."""

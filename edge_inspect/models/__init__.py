@@ -1,0 +1,1 @@
+"""Model families (one file per architecture), the model package and its registry."""
