@@ -24,7 +24,9 @@ def build_parser() -> argparse.ArgumentParser:
         description="Edge machine-vision quality inspection: cameras, inspector, training and evaluation.",
     )
     parser.add_argument("--version", action="version", version=f"edge-inspect {__version__}")
-    parser.add_argument("-v", "--verbose", action="count", default=0, help="more log output (-v info, -vv debug)")
+    parser.add_argument(
+        "-v", "--verbose", action="count", default=0, help="more log output (-v info, -vv debug)"
+    )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for module in (demo, camera_cli, service, train, evaluate, record_store):
         module.register(sub)

@@ -1,0 +1,93 @@
+"""Datasets: the ELPV solar-cell set from its PyPI package, and folders in the common anomaly layout.
+
+ELPV (Buerhop-Lutz et al., Deitsch et al.; CC BY-NC-SA 4.0) is read from the installed `elpv-dataset`
+package and never copied into this repository. The split is a pure function of the labels and the seed:
+stratified by defect probability and cell type, 25 % test, then 15 % of the rest as validation. The
+test split is never used for training, early stopping or thresholds.
+
+No torch here: the camera gateway replays these images too.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+ELPV_TEST_FRACTION = 0.25
+ELPV_VAL_FRACTION = 0.15
+SPLITS = ("train", "val", "test")
+
+
+@dataclass(frozen=True)
+class Sample:
+    path: Path
+    # Defect probability as labelled by experts (ELPV: 0, 1/3, 2/3, 1); 0 or 1 for plain good/bad labels.
+    probability: float
+    cell_type: str = ""
+    defect_type: str = ""
+
+    @property
+    def defective(self) -> bool:
+        return self.probability >= 0.5
+
+
+def elpv_root() -> Path:
+    try:
+        import elpv_dataset
+    except ImportError as exc:
+        raise RuntimeError(
+            "the ELPV data set is not installed; run `pip install elpv-dataset` (or `make setup`)"
+        ) from exc
+    return Path(elpv_dataset.__file__).parent / "data"
+
+
+def load_elpv() -> list[Sample]:
+    root = elpv_root()
+    samples = []
+    for line in (root / "labels.csv").read_text().splitlines():
+        if not line.strip():
+            continue
+        rel, probability, cell_type = line.split()
+        samples.append(Sample(root / rel, float(probability), cell_type))
+    return samples
+
+
+def stratified_split(
+    keys: list[str], fraction: float, rng: np.random.Generator
+) -> tuple[list[int], list[int]]:
+    """Indices split so that each stratum (equal key) gives `fraction` of its members to the second part."""
+    first: list[int] = []
+    second: list[int] = []
+    for key in sorted(set(keys)):
+        members = np.array([i for i, k in enumerate(keys) if k == key])
+        rng.shuffle(members)
+        n_second = round(len(members) * fraction)
+        second.extend(members[:n_second].tolist())
+        first.extend(members[n_second:].tolist())
+    return sorted(first), sorted(second)
+
+
+def elpv_split(seed: int = 0) -> dict[str, list[Sample]]:
+    """The fixed ELPV split: {'train', 'val', 'test'}, stratified by probability level and cell type."""
+    samples = load_elpv()
+    rng = np.random.default_rng(seed)
+    keys = [f"{s.probability:.3f}/{s.cell_type}" for s in samples]
+    rest, test = stratified_split(keys, ELPV_TEST_FRACTION, rng)
+    train, val = stratified_split([keys[i] for i in rest], ELPV_VAL_FRACTION, rng)
+    return {
+        "train": [samples[rest[i]] for i in train],
+        "val": [samples[rest[i]] for i in val],
+        "test": [samples[i] for i in test],
+    }
+
+
+def fingerprint(samples: list[Sample], root: Path | None = None) -> str:
+    """A stable sha256 of which images, with which labels, a model saw (paths relative to `root`)."""
+    digest = hashlib.sha256()
+    for s in sorted(samples, key=lambda s: str(s.path)):
+        rel = s.path.relative_to(root) if root else Path(s.path.name)
+        digest.update(f"{rel}\t{s.probability:.4f}\t{s.cell_type}\t{s.defect_type}\n".encode())
+    return digest.hexdigest()

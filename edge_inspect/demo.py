@@ -1,0 +1,225 @@
+"""The demo line (`edge-inspect demo`): a camera replaying ELPV solar cells, the inspector, live alarms.
+
+It runs the same processes as a real deployment, on loopback: `edge-inspect camera elpv` (the gateway)
+and `edge-inspect serve` (the MEC service), and subscribes to the inspector's results for the view.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Any
+
+import numpy as np
+
+from edge_inspect.contracts import InspectionResult
+
+CAMERA_ID = "line1-cam1"
+STATION = "line1-el-tester"
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@dataclass(frozen=True)
+class DemoPaths:
+    workdir: Path
+
+    @property
+    def model_dir(self) -> Path:
+        return self.workdir / "model"
+
+    @property
+    def inspector_dir(self) -> Path:
+        return self.workdir / "inspector"
+
+
+def latency_percentiles(totals_ms: list[float]) -> tuple[float | None, float | None]:
+    if not totals_ms:
+        return None, None
+    p50, p99 = np.percentile(np.asarray(totals_ms), [50, 99])
+    return round(float(p50), 2), round(float(p99), 2)
+
+
+def alarm_line(result: InspectionResult, expert_label: str) -> str:
+    """One line of the alarm view: local time, camera, part id, verdict, score, defect, expert label."""
+    stamp = time.strftime("%H:%M:%S", time.localtime(result.t_capture_ns / 1e9))
+    millis = (result.t_capture_ns // 1_000_000) % 1000
+    defect = result.defects[0].cls if result.defects else "-"
+    return (
+        f"{stamp}.{millis:03d}  {result.verdict:<6} {result.camera_id:<11} part {result.part_id or '-':<10} "
+        f"score {result.score:.3f}  defect {defect:<15} expert label: {expert_label}"
+    )
+
+
+def expert_labels() -> dict[str, str]:
+    """ELPV's own labels by part id, shown beside each alarm so the viewer can judge the alarm."""
+    from edge_inspect.datasets import load_elpv
+
+    return {
+        s.path.stem: f"{'defective' if s.defective else 'functional'} (p={s.probability:.2f})"
+        for s in load_elpv()
+    }
+
+
+def _spawn(args: list[str], stdout: int | IO[Any] | None = subprocess.PIPE) -> subprocess.Popen:
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    return subprocess.Popen([sys.executable, "-m", "edge_inspect", *args], stdout=stdout, text=True, env=env)
+
+
+def _wait_ready(inspector: subprocess.Popen, timeout_s: float = 120.0) -> dict[str, Any]:
+    assert inspector.stdout is not None
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        line = inspector.stdout.readline()
+        if not line:
+            raise RuntimeError("the inspector exited during start-up; run it alone with -v to see why")
+        try:
+            event = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if event.get("event") == "ready":
+            return event
+    raise RuntimeError(f"the inspector was not ready within {timeout_s:.0f} s")
+
+
+def _watch(endpoint: str, stop: threading.Event, labels: dict[str, str], seen: Counter, out: IO[str]) -> None:
+    import zmq
+
+    with zmq.Context() as ctx, ctx.socket(zmq.SUB) as sub:
+        sub.setsockopt(zmq.SUBSCRIBE, b"")
+        sub.setsockopt(zmq.RCVTIMEO, 200)
+        sub.connect(endpoint)
+        while not stop.is_set():
+            try:
+                _, payload = sub.recv_multipart()
+            except zmq.Again:
+                continue
+            result = InspectionResult.from_dict(json.loads(payload))
+            seen[result.verdict] += 1
+            if result.verdict != "OK":
+                print(alarm_line(result, labels.get(result.part_id or "", "unknown")), file=out, flush=True)
+
+
+def run_demo(workdir: Path, seconds: float | None, fps: float, as_json: bool) -> dict[str, Any]:
+    from edge_inspect.demo_model import prepare_demo_model
+    from edge_inspect.sinks.record_store import RecordStore
+
+    paths = DemoPaths(workdir)
+    view = sys.stderr if as_json else sys.stdout
+    model_dir = prepare_demo_model(paths.model_dir, progress=True)
+    bus = f"tcp://127.0.0.1:{free_port()}"
+    results = f"tcp://127.0.0.1:{free_port()}"
+    metrics_port = free_port()
+    inspector = _spawn(
+        [
+            *("serve", "--model", str(model_dir), "--workdir", str(paths.inspector_dir), "--bind", bus),
+            *("--results", results, "--metrics-port", str(metrics_port)),
+        ]
+    )
+    camera = None
+    stop = threading.Event()
+    seen: Counter = Counter()
+    t_start_ns = time.time_ns()
+    try:
+        _wait_ready(inspector)
+        print(
+            f"EdgeInspect demo line: camera {CAMERA_ID} replays ELPV test cells at {fps:g} parts/s\n"
+            f"  metrics:       http://127.0.0.1:{metrics_port}/metrics\n"
+            f"  records:       {paths.inspector_dir / 'records.sqlite'}  (edge-inspect records --db ...)\n"
+            f"  NG images:     {paths.inspector_dir / 'images'}\n"
+            f"  model:         {model_dir}\n"
+            "Alarms (every NG and REVIEW part); Ctrl-C stops.",
+            file=view,
+            flush=True,
+        )
+        watcher = threading.Thread(
+            target=_watch, args=(results, stop, expert_labels(), seen, view), daemon=True
+        )
+        watcher.start()
+        time.sleep(0.3)  # a SUB socket joins late; let it connect before parts flow
+        camera = _spawn(
+            [
+                *("camera", "elpv", "--split", "test", "--loop", "--fps", str(fps), "--endpoint", bus),
+                *("--camera-id", CAMERA_ID, "--station", STATION),
+            ],
+            stdout=subprocess.DEVNULL,
+        )
+        try:
+            if seconds is None:
+                camera.wait()
+            else:
+                camera.wait(timeout=seconds)
+        except (subprocess.TimeoutExpired, KeyboardInterrupt):
+            pass
+    finally:
+        for proc in (camera, inspector):
+            if proc is not None and proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+                if proc is camera:
+                    proc.wait(timeout=30)
+        out, _ = inspector.communicate(timeout=120)
+        stop.set()
+    served = json.loads(out.strip().splitlines()[-1])
+    store = RecordStore(paths.inspector_dir / "records.sqlite", paths.inspector_dir / "images")
+    try:
+        totals = [r.timings_ms.total for r in store.query(since_ns=t_start_ns, limit=10**9)]
+    finally:
+        store.close()
+    p50, p99 = latency_percentiles(totals)
+    verdicts = served.get("inspected_by_verdict", {})
+    return {
+        "inspected": served.get("inspected", 0),
+        "ok": verdicts.get("OK", 0),
+        "ng": verdicts.get("NG", 0),
+        "review": verdicts.get("REVIEW", 0),
+        "dropped": served.get("dropped", 0),
+        "malformed": served.get("malformed", 0),
+        "p50_ms": p50,
+        "p99_ms": p99,
+        "metrics_url": f"http://127.0.0.1:{metrics_port}/metrics",
+        "records_db": str(paths.inspector_dir / "records.sqlite"),
+        "image_dir": str(paths.inspector_dir / "images"),
+        "model": str(model_dir),
+        "provider": served.get("provider"),
+    }
+
+
+def _demo(args: argparse.Namespace) -> int:
+    summary = run_demo(Path(args.workdir), args.seconds, args.fps, args.json)
+    if args.json:
+        print(json.dumps(summary))
+    else:
+        print("\nSummary: " + ", ".join(f"{k}={v}" for k, v in summary.items()))
+    return 0
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "demo",
+        help="run the demo line (camera replaying ELPV cells, inspector, live alarm view)",
+        description="Prepare the demo model (trained on first run, then cached), start a camera that replays "
+        "real ELPV solar-cell images and the inspector, and show NG alarms live.",
+    )
+    p.add_argument(
+        "--workdir", default="var/demo", help="model cache, records and images (default: %(default)s)"
+    )
+    p.add_argument("--seconds", type=float, default=None, help="stop cleanly after N seconds with a summary")
+    p.add_argument("--fps", type=float, default=10.0, help="parts per second (default: %(default)s)")
+    p.add_argument(
+        "--json", action="store_true", help="print the summary as one JSON object on the last line"
+    )
+    p.set_defaults(handler=_demo)

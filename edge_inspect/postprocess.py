@@ -1,0 +1,81 @@
+"""Postprocess stage: model outputs to per-part scores, defect regions and verdicts.
+
+A model that gives an anomaly map (at its input resolution) gets its defects as connected regions
+above the threshold, with bbox and area mapped back to frame pixels; a plain classifier gets one
+image-level defect. Maps are only examined for parts that are not clearly OK.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+
+from edge_inspect.contracts import Defect
+from edge_inspect.models.package import ModelCard
+from edge_inspect.rules import NORMALISED_THRESHOLD, QualityRules, judge, normalise_scores
+
+
+@dataclass(frozen=True)
+class Judgement:
+    raw_score: float
+    score: float
+    verdict: str
+    defects: list[Defect]
+
+
+def defect_regions(
+    anomaly_map: np.ndarray,
+    pixel_threshold: float,
+    card: ModelCard,
+    frame_hw: tuple[int, int],
+) -> list[Defect]:
+    """Connected regions of `anomaly_map >= pixel_threshold`, in frame coordinates, largest first."""
+    mask = (anomaly_map >= pixel_threshold).astype(np.uint8)
+    count, labels, stats, _ = cv2.connectedComponentsWithStats(mask, connectivity=8)
+    roi = card.preprocess.roi or (0, 0, frame_hw[1], frame_hw[0])
+    sx = roi[2] / anomaly_map.shape[1]
+    sy = roi[3] / anomaly_map.shape[0]
+    regions = []
+    for label in range(1, count):
+        x, y, w, h, area = (int(v) for v in stats[label])
+        peak = float(anomaly_map[labels == label].max())
+        regions.append(
+            Defect(
+                cls=card.classes[0],
+                score=float(normalise_scores(np.array([peak]), card.thresholds)[0]),
+                bbox=(
+                    int(roi[0] + x * sx),
+                    int(roi[1] + y * sy),
+                    max(1, round(w * sx)),
+                    max(1, round(h * sy)),
+                ),
+                area_px=max(1, round(area * sx * sy)),
+            )
+        )
+    return sorted(regions, key=lambda d: d.area_px or 0, reverse=True)
+
+
+def postprocess(
+    outputs: dict[str, np.ndarray],
+    card: ModelCard,
+    rules: QualityRules,
+    frame_hws: list[tuple[int, int]],
+) -> list[Judgement]:
+    raw_scores = np.asarray(outputs[card.score_output], dtype=np.float64).reshape(-1)
+    scores = normalise_scores(raw_scores, card.thresholds)
+    maps = outputs.get(card.map_output) if card.map_output else None
+    judgements = []
+    for i, (raw, score) in enumerate(zip(raw_scores, scores, strict=True)):
+        clearly_ok = score < NORMALISED_THRESHOLD - rules.band(card.thresholds)
+        if clearly_ok:
+            defects: list[Defect] = []
+        elif maps is not None:
+            anomaly_map = np.asarray(maps[i]).squeeze()
+            defects = defect_regions(anomaly_map, card.thresholds.threshold, card, frame_hws[i])
+        else:
+            defects = [Defect(cls=card.classes[0], score=float(score))]
+        verdict = judge(float(score), defects, card.thresholds, rules)
+        judgements.append(Judgement(float(raw), float(score), verdict, defects))
+    return judgements

@@ -1,0 +1,453 @@
+"""The inspector service (`edge-inspect serve`): the stages wired into threads.
+
+    receiver thread   bus → receive.validate → per-camera queues (back-pressure / supersede)
+    worker thread     queues → micro-batch → decode → preprocess → infer → postprocess → rules
+    sink thread       archive NG/REVIEW images → SQLite results + MES outbox (one transaction) → PUB
+    deliverer thread  MES outbox → webhook (at least once, survives restarts)
+    metrics server    Prometheus /metrics
+
+Every frame that passes validation ends as exactly one result (an inference failure becomes a REVIEW
+result that names the error) and is written before it is published or delivered. A graceful stop
+drains everything already accepted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import logging
+import queue
+import signal
+import threading
+import time
+import zlib
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edge_inspect.contracts import VERDICTS, ContractError, Defect, InspectionResult, ModelRef, StageTimings
+from edge_inspect.logs import log_event
+from edge_inspect.rules import NORMALISED_THRESHOLD, QualityRules
+
+log = logging.getLogger(__name__)
+
+ARCHIVED_VERDICTS = ("NG", "REVIEW")
+
+
+@dataclass(frozen=True)
+class InspectorConfig:
+    model_dir: Path
+    workdir: Path = Path("var/inspector")
+    bind: str = "tcp://127.0.0.1:5555"
+    results_bind: str | None = "tcp://127.0.0.1:5556"
+    metrics_port: int | None = 9108
+    metrics_addr: str = "127.0.0.1"
+    mes_url: str | None = None
+    max_batch: int = 8
+    max_wait_ms: float = 10.0
+    queue_depth: int = 32
+    device: str = "auto"
+    threads: int = 0
+    rules: QualityRules = field(default_factory=QualityRules)
+    # Share of OK parts whose images are archived too, so retraining gets fresh good images.
+    archive_ok_rate: float = 0.0
+
+    @property
+    def db_path(self) -> Path:
+        return self.workdir / "records.sqlite"
+
+    @property
+    def image_dir(self) -> Path:
+        return self.workdir / "images"
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """One judged frame on its way to the sinks."""
+
+    result: InspectionResult
+    image: np.ndarray
+
+
+def should_archive(result: InspectionResult, ok_rate: float) -> bool:
+    """NG and REVIEW always; OK parts at `ok_rate`, chosen by a hash of the result id (reproducible)."""
+    if result.verdict in ARCHIVED_VERDICTS:
+        return True
+    return ok_rate > 0 and zlib.crc32(result.result_id.encode()) / 2**32 < ok_rate
+
+
+class SeqTracker:
+    """Per-camera sequence numbers: a jump forward is frames lost before they reached us."""
+
+    def __init__(self) -> None:
+        self._last: dict[str, int] = {}
+
+    def gap(self, camera_id: str, seq: int) -> int:
+        last = self._last.get(camera_id)
+        self._last[camera_id] = seq
+        if last is None or seq <= last:
+            # First frame, or the camera restarted and began counting again.
+            return 0
+        return seq - last - 1
+
+
+class Inspector:
+    """Owns every resource of a running inspector; `start()` then `stop()` (or use as a context manager)."""
+
+    def __init__(self, config: InspectorConfig) -> None:
+        import zmq
+
+        from edge_inspect.batching import CameraQueues
+        from edge_inspect.bus import FrameReceiver
+        from edge_inspect.infer import load_model
+        from edge_inspect.models.package import load_package
+        from edge_inspect.sinks.metrics import InspectorMetrics
+        from edge_inspect.sinks.record_store import RecordStore
+
+        self.config = config
+        config.workdir.mkdir(parents=True, exist_ok=True)
+        package = load_package(config.model_dir)
+        self.model = load_model(package, config.device, config.threads)
+        self.card = package.card
+        self.model_ref = ModelRef(self.card.name, self.card.version, self.card.onnx_sha256)
+        self.device = "cuda" if self.model.provider.startswith("CUDA") else "cpu"
+        self.metrics = InspectorMetrics()
+        self.metrics.set_model(self.model_ref, self.card.family, self.model.provider)
+        self.metrics_server = (
+            self.metrics.serve(config.metrics_port, config.metrics_addr)
+            if config.metrics_port is not None
+            else None
+        )
+        self._zmq = zmq.Context()
+        self.receiver = FrameReceiver(config.bind, context=self._zmq)
+        self._publisher = None
+        if config.results_bind:
+            self._publisher = self._zmq.socket(zmq.PUB)
+            self._publisher.setsockopt(zmq.LINGER, 1000)
+            self._publisher.bind(config.results_bind)
+        self.results_endpoint = (
+            self._publisher.getsockopt(zmq.LAST_ENDPOINT).decode() if self._publisher else None
+        )
+        self.queues = CameraQueues(config.queue_depth, self._count_drop)
+        self._outcomes: queue.Queue[list[Outcome] | None] = queue.Queue(maxsize=8)
+        self._store_factory = lambda: RecordStore(config.db_path, config.image_dir)
+        self._stop_receiving = threading.Event()
+        self._receiver_done = threading.Event()
+        self._stop_delivery = threading.Event()
+        self._threads: list[threading.Thread] = []
+        self._deliverer: Any = None
+        self._seq = SeqTracker()
+        self._input_buffer = np.empty(
+            (
+                config.max_batch,
+                self.card.preprocess.channels,
+                self.card.preprocess.height,
+                self.card.preprocess.width,
+            ),
+            dtype=np.float32,
+        )
+
+    # -- lifetime ---------------------------------------------------------------------------------
+    def start(self) -> None:
+        for name, target in (
+            ("receiver", self._receive_loop),
+            ("worker", self._work_loop),
+            ("sink", self._sink_loop),
+        ):
+            thread = threading.Thread(target=target, name=f"edge-inspect-{name}", daemon=True)
+            thread.start()
+            self._threads.append(thread)
+        if self.config.mes_url:
+            from edge_inspect.sinks.mes_webhook import WebhookConfig, WebhookDeliverer
+
+            self._deliverer = WebhookDeliverer(
+                self.config.db_path, WebhookConfig(url=self.config.mes_url), metrics=self.metrics
+            )
+            self._deliverer.start()
+        log_event(
+            log,
+            logging.WARNING if self.device == "cpu" else logging.INFO,
+            "inspector_started",
+            model=f"{self.card.name}:{self.card.version}",
+            provider=self.model.provider,
+            device=self.device,
+            bind=self.receiver.endpoint,
+            results=self.results_endpoint,
+            metrics_port=self.metrics_server.port if self.metrics_server else None,
+            db=str(self.config.db_path),
+        )
+
+    def stop(self) -> None:
+        """Stop receiving, judge and record everything already accepted, then release every resource."""
+        self._stop_receiving.set()
+        for thread in self._threads:
+            thread.join()
+        self._threads.clear()
+        if self._deliverer is not None:
+            self._deliverer.stop()
+        self.receiver.close()
+        if self._publisher is not None:
+            self._publisher.close()
+        self._zmq.term()
+        if self.metrics_server is not None:
+            self.metrics_server.close()
+
+    def __enter__(self) -> Inspector:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def summary(self) -> dict[str, Any]:
+        """Totals since start, read from the Prometheus registry: the one place the counts live."""
+        totals: dict[str, Counter] = {
+            name: Counter() for name in ("received", "inspected", "dropped", "malformed")
+        }
+        families = {
+            "edgeinspect_frames_received_total": ("received", None),
+            "edgeinspect_frames_inspected_total": ("inspected", "verdict"),
+            "edgeinspect_frames_dropped_total": ("dropped", "reason"),
+            "edgeinspect_malformed_messages_total": ("malformed", "reason"),
+        }
+        for family in self.metrics.registry.collect():
+            for sample in family.samples:
+                if sample.name in families:
+                    key, label = families[sample.name]
+                    totals[key][sample.labels.get(label, "") if label else ""] += int(sample.value)
+        return {
+            "received": sum(totals["received"].values()),
+            "inspected": sum(totals["inspected"].values()),
+            "inspected_by_verdict": {verdict: totals["inspected"][verdict] for verdict in VERDICTS},
+            "dropped": sum(totals["dropped"].values()),
+            "dropped_by_reason": dict(totals["dropped"]),
+            "malformed": sum(totals["malformed"].values()),
+            "malformed_by_reason": dict(totals["malformed"]),
+            "provider": self.model.provider,
+            "model": f"{self.card.name}:{self.card.version}",
+        }
+
+    # -- receiver thread --------------------------------------------------------------------------
+    def _receive_loop(self) -> None:
+        from edge_inspect.receive import validate
+
+        try:
+            while not self._stop_receiving.is_set():
+                parts = self.receiver.recv(timeout_ms=100)
+                if parts is None:
+                    continue
+                try:
+                    frame = validate(parts, time.time_ns())
+                except ContractError as exc:
+                    self._reject(exc, None)
+                    continue
+                camera = frame.header.camera_id
+                self.metrics.frame_received(camera)
+                lost = self._seq.gap(camera, frame.header.seq)
+                if lost:
+                    self._count_drop(camera, "seq_gap", lost)
+                self.queues.put(frame, self._stop_receiving)
+                self.metrics.set_queue_depth(camera, self.queues.depths().get(camera, 0))
+        finally:
+            self._receiver_done.set()
+
+    def _reject(self, exc: ContractError, camera_id: str | None) -> None:
+        self.metrics.malformed_message(exc.reason)
+        log_event(
+            log, logging.WARNING, "frame_rejected", reason=exc.reason, camera_id=camera_id, detail=str(exc)
+        )
+
+    def _count_drop(self, camera_id: str, reason: str, count: int = 1) -> None:
+        self.metrics.frames_dropped.labels(camera=camera_id, reason=reason).inc(count)
+
+    # -- worker thread ----------------------------------------------------------------------------
+    def _work_loop(self) -> None:
+        try:
+            while True:
+                batch = self.queues.next_batch(self.config.max_batch, self.config.max_wait_ms / 1000)
+                if batch:
+                    self._outcomes.put(self._judge_batch(batch))
+                elif self._receiver_done.is_set() and self.queues.total() == 0:
+                    return
+        finally:
+            self._outcomes.put(None)
+
+    def _judge_batch(self, batch: list) -> list[Outcome]:
+        from edge_inspect.decode import decode
+        from edge_inspect.postprocess import Judgement, postprocess
+        from edge_inspect.preprocess import preprocess_batch
+
+        t_batch = time.time_ns()
+        frames, images, decode_ms = [], [], []
+        for frame in batch:
+            t0 = time.perf_counter()
+            try:
+                images.append(decode(frame))
+            except ContractError as exc:
+                self._reject(exc, frame.header.camera_id)
+                continue
+            frames.append(frame)
+            decode_ms.append((time.perf_counter() - t0) * 1e3)
+        if not frames:
+            return []
+        self.metrics.observe_batch(len(frames))
+        t0 = time.perf_counter()
+        inputs = preprocess_batch(images, self.card.preprocess, out=self._input_buffer)
+        t1 = time.perf_counter()
+        try:
+            outputs = self.model.run(inputs)
+        except Exception as exc:  # any runtime failure must still account for every frame
+            self.metrics.inference_error()
+            log_event(log, logging.ERROR, "inference_failed", error=repr(exc), batch=len(frames))
+            error = Defect(cls="inference_error", score=1.0)
+            judgements = [Judgement(float("nan"), NORMALISED_THRESHOLD, "REVIEW", [error]) for _ in frames]
+            t2 = t3 = time.perf_counter()
+        else:
+            t2 = time.perf_counter()
+            hws = [(img.shape[0], img.shape[1]) for img in images]
+            judgements = postprocess(outputs, self.card, self.config.rules, hws)
+            t3 = time.perf_counter()
+        preprocess_ms, infer_ms, post_ms = ((b - a) * 1e3 for a, b in ((t0, t1), (t1, t2), (t2, t3)))
+        t_done = time.time_ns()
+        outcomes = []
+        for frame, image, judgement, dec_ms in zip(frames, images, judgements, decode_ms, strict=True):
+            header = frame.header
+            timings = StageTimings(
+                transport=max(0.0, (frame.t_received_ns - header.t_capture_ns) / 1e6),
+                queue=(t_batch - frame.t_received_ns) / 1e6,
+                decode=dec_ms,
+                preprocess=preprocess_ms,
+                infer=infer_ms,
+                postprocess=post_ms,
+                total=(t_done - header.t_capture_ns) / 1e6,
+            )
+            result = InspectionResult(
+                camera_id=header.camera_id,
+                seq=header.seq,
+                part_id=header.part_id,
+                station=header.station,
+                t_capture_ns=header.t_capture_ns,
+                verdict=judgement.verdict,
+                score=judgement.score,
+                threshold=NORMALISED_THRESHOLD,
+                defects=judgement.defects,
+                model=self.model_ref,
+                timings_ms=timings,
+            )
+            outcomes.append(Outcome(result, image))
+        return outcomes
+
+    # -- sink thread ------------------------------------------------------------------------------
+    def _sink_loop(self) -> None:
+        store = self._store_factory()
+        try:
+            while (outcomes := self._outcomes.get()) is not None:
+                if outcomes:
+                    self._record(store, outcomes)
+        finally:
+            store.close()
+
+    def _record(self, store: Any, outcomes: list[Outcome]) -> None:
+        results = []
+        for outcome in outcomes:
+            result = outcome.result
+            if should_archive(result, self.config.archive_ok_rate):
+                result = dataclasses.replace(result, image_path=store.archive_image(result, outcome.image))
+            results.append(result)
+        store.add_results(results, with_outbox=self._deliverer is not None)
+        if self._deliverer is not None:
+            self._deliverer.wake()
+        for result in results:
+            self.metrics.observe_result(result, self.device)
+            if self._publisher is not None:
+                self._publisher.send_multipart([result.camera_id.encode(), result.to_json().encode()])
+
+
+def config_from_args(args: argparse.Namespace) -> InspectorConfig:
+    return InspectorConfig(
+        model_dir=Path(args.model),
+        workdir=Path(args.workdir),
+        bind=args.bind,
+        results_bind=args.results or None,
+        metrics_port=None if args.metrics_port < 0 else args.metrics_port,
+        mes_url=args.mes_url,
+        max_batch=args.max_batch,
+        max_wait_ms=args.max_wait_ms,
+        queue_depth=args.queue_depth,
+        device=args.device,
+        threads=args.threads,
+        rules=QualityRules(min_defect_area_px=args.min_defect_area, review_band=args.review_band),
+        archive_ok_rate=args.archive_ok_rate,
+    )
+
+
+def run_until_signalled(config: InspectorConfig, seconds: float | None = None) -> dict[str, Any]:
+    """Run until SIGINT/SIGTERM (or `seconds`), then stop gracefully and return the summary."""
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    inspector = Inspector(config)
+    with inspector:
+        # A line on stdout that a supervisor (the demo, a test) waits for before starting cameras.
+        print(
+            json.dumps(
+                {
+                    "event": "ready",
+                    "bind": inspector.receiver.endpoint,
+                    "results": inspector.results_endpoint,
+                    "metrics_port": inspector.metrics_server.port if inspector.metrics_server else None,
+                    "provider": inspector.model.provider,
+                }
+            ),
+            flush=True,
+        )
+        stop.wait(seconds)
+    return inspector.summary()
+
+
+def _serve(args: argparse.Namespace) -> int:
+    summary = run_until_signalled(config_from_args(args), args.seconds)
+    print(json.dumps(summary), flush=True)
+    return 0
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "serve",
+        help="run the inspector service",
+        description="Receive frames over ZeroMQ, judge every part with a model package, record, alarm and "
+        "report. "
+        "Prints a 'ready' JSON line when listening and a summary JSON line on exit (SIGINT/SIGTERM).",
+    )
+    p.add_argument("--model", required=True, help="model package directory (model.onnx + model.json)")
+    p.add_argument(
+        "--workdir", default="var/inspector", help="record database and image archive (default: %(default)s)"
+    )
+    p.add_argument(
+        "--bind", default="tcp://127.0.0.1:5555", help="frame bus endpoint to bind (default: %(default)s)"
+    )
+    p.add_argument("--results", default="tcp://127.0.0.1:5556", help="PUB endpoint for results; '' disables")
+    p.add_argument("--metrics-port", type=int, default=9108, help="Prometheus port; 0 picks one, -1 disables")
+    p.add_argument("--mes-url", default=None, help="MES webhook URL (results POSTed at least once)")
+    p.add_argument("--max-batch", type=int, default=8, help="largest micro-batch (default: %(default)s)")
+    p.add_argument(
+        "--max-wait-ms", type=float, default=10.0, help="longest wait to fill a batch (default: %(default)s)"
+    )
+    p.add_argument("--queue-depth", type=int, default=32, help="frames queued per lossless camera")
+    p.add_argument(
+        "--device", choices=("auto", "cpu", "cuda"), default="auto", help="execution provider choice"
+    )
+    p.add_argument("--threads", type=int, default=0, help="ONNX Runtime intra-op threads (0: all cores)")
+    p.add_argument(
+        "--min-defect-area", type=int, default=0, help="rule: defects smaller than this (px) are tolerated"
+    )
+    p.add_argument("--review-band", type=float, default=None, help="override the model's REVIEW half-band")
+    p.add_argument(
+        "--archive-ok-rate", type=float, default=0.0, help="share of OK part images to archive (0..1)"
+    )
+    p.add_argument("--seconds", type=float, default=None, help="stop by itself after this many seconds")
+    p.set_defaults(handler=_serve)

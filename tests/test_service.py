@@ -1,0 +1,135 @@
+"""The inspector in-process: every accepted frame becomes exactly one recorded, published result."""
+
+from __future__ import annotations
+
+import json
+import urllib.request
+from pathlib import Path
+
+import cv2
+import numpy as np
+import zmq
+
+from edge_inspect.bus import FrameSender
+from edge_inspect.contracts import FrameHeader, InspectionResult
+from edge_inspect.service import Inspector, InspectorConfig, SeqTracker, should_archive
+from edge_inspect.sinks.record_store import RecordStore
+from tests.helpers import MesReceiver, wait_until
+
+
+def send(sender: FrameSender, seq: int, brightness: int, encoding: str = "raw", camera: str = "cam1") -> None:
+    image = np.full((40, 60), brightness, np.uint8)
+    payload = image if encoding == "raw" else cv2.imencode(".jpg", image)[1].tobytes()
+    header = FrameHeader(camera, seq, "st1", 0, 60, 40, 1, "uint8", encoding, part_id=f"p{seq}")
+    sender.send(header, payload)
+
+
+def test_inspector_judges_records_publishes_and_delivers(toy_map_model_dir: Path, tmp_path: Path) -> None:
+    mes = MesReceiver()
+    config = InspectorConfig(
+        model_dir=toy_map_model_dir,
+        workdir=tmp_path,
+        bind="tcp://127.0.0.1:*",
+        results_bind="tcp://127.0.0.1:*",
+        metrics_port=0,
+        mes_url=mes.url,
+        max_batch=4,
+    )
+    inspector = Inspector(config)
+    ctx = zmq.Context()
+    sub = ctx.socket(zmq.SUB)
+    sub.setsockopt(zmq.SUBSCRIBE, b"")
+    sub.connect(inspector.results_endpoint)
+    published: list[InspectionResult] = []
+    try:
+        inspector.start()
+        sender = FrameSender(inspector.receiver.endpoint, context=ctx)
+        for seq in range(6):
+            send(sender, seq, 250 if seq % 2 else 10)  # odd parts are bright: NG for the toy model
+        send(sender, 8, 250, encoding="jpeg")  # seqs 6 and 7 never sent: two frames lost upstream
+        sender._socket.send_multipart([b"{broken", b""])
+        header = FrameHeader("cam1", 9, "st1", 0, 60, 40, 1, "uint8", "jpeg")
+        sender._socket.send_multipart([header.to_bytes(), b"\xff\xd8 truncated"])
+        wait_until(lambda: inspector.summary()["inspected"] == 7, 20, "7 results")
+        while sub.poll(2000):
+            published.append(InspectionResult.from_dict(json.loads(sub.recv_multipart()[1])))
+            if len(published) == 7:
+                break
+        wait_until(lambda: len(set(mes.keys)) == 7, 20, "7 MES deliveries")
+        metrics_text = urllib.request.urlopen(
+            f"http://127.0.0.1:{inspector.metrics_server.port}/metrics", timeout=5
+        ).read().decode()
+        sender.close()
+    finally:
+        inspector.stop()
+        sub.close()
+        ctx.term()
+        mes.close()
+
+    summary = inspector.summary()
+    assert summary["inspected_by_verdict"] == {"OK": 3, "NG": 4, "REVIEW": 0}
+    assert summary["malformed_by_reason"] == {"bad_json": 1, "corrupt_jpeg": 1}
+    assert summary["dropped_by_reason"] == {"seq_gap": 2}
+    store = RecordStore(tmp_path / "records.sqlite")
+    try:
+        records = {r.seq: r for r in store.query(limit=100)}
+    finally:
+        store.close()
+    assert sorted(records) == [0, 1, 2, 3, 4, 5, 8]
+    assert {r.result_id for r in published} == {r.result_id for r in records.values()}
+    ng = records[1]
+    assert ng.verdict == "NG" and ng.part_id == "p1" and ng.model.name == "toy-brightness-map"
+    assert ng.defects and ng.defects[0].bbox == (0, 0, 60, 40) and ng.defects[0].area_px == 2400
+    assert ng.image_path and Path(ng.image_path).is_file()
+    assert cv2.imread(ng.image_path, cv2.IMREAD_UNCHANGED).shape[:2] == (40, 60)
+    assert records[0].verdict == "OK" and records[0].image_path is None
+    assert all(r.timings_ms.total >= r.timings_ms.infer >= 0 for r in records.values())
+    assert mes.bodies[ng.result_id]["verdict"] == "NG"
+    assert 'edgeinspect_frames_inspected_total{camera="cam1",verdict="NG"} 4.0' in metrics_text
+    assert 'edgeinspect_malformed_messages_total{reason="corrupt_jpeg"} 1.0' in metrics_text
+
+
+def test_graceful_stop_drains_every_accepted_frame(toy_model_dir: Path, tmp_path: Path) -> None:
+    config = InspectorConfig(
+        model_dir=toy_model_dir,
+        workdir=tmp_path,
+        bind="tcp://127.0.0.1:*",
+        results_bind=None,
+        metrics_port=None,
+        max_batch=2,
+        queue_depth=64,
+    )
+    inspector = Inspector(config)
+    inspector.start()
+    sender = FrameSender(inspector.receiver.endpoint)
+    for seq in range(40):
+        send(sender, seq, 128)
+    wait_until(lambda: inspector.summary()["received"] == 40, 20, "40 frames received")
+    inspector.stop()  # some are still queued: they must be judged before stop returns
+    sender.close()
+    summary = inspector.summary()
+    assert summary["inspected"] == 40 and summary["dropped"] == 0
+    store = RecordStore(tmp_path / "records.sqlite")
+    try:
+        assert sum(store.counts_by_verdict().values()) == 40
+    finally:
+        store.close()
+
+
+def test_seq_tracker_and_archive_sampling() -> None:
+    tracker = SeqTracker()
+    assert [tracker.gap("a", s) for s in (0, 1, 4, 5, 0, 2)] == [0, 0, 2, 0, 0, 1]
+    assert tracker.gap("b", 10) == 0
+    results = [
+        InspectionResult.from_dict(
+            {
+                "camera_id": "c", "seq": i, "part_id": None, "station": "s", "t_capture_ns": i, "verdict": "OK",
+                "score": 0.1, "threshold": 0.5, "defects": [], "model": {"name": "m", "version": "1", "sha256": "x"},
+                "timings_ms": {}, "image_path": None, "v": 1, "result_id": "",
+            }
+        )
+        for i in range(2000)
+    ]
+    sampled = sum(should_archive(r, 0.1) for r in results)
+    assert 150 < sampled < 250
+    assert not any(should_archive(r, 0.0) for r in results)
