@@ -88,14 +88,17 @@ def parse_header(raw: bytes | memoryview) -> FrameHeader:
     try:
         obj = json.loads(bytes(raw))
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ContractError("bad_json", f"frame header is not valid JSON ({exc}); send compact UTF-8 JSON") from exc
+        raise ContractError(
+            "bad_json", f"frame header is not valid JSON ({exc}); send compact UTF-8 JSON"
+        ) from exc
     if not isinstance(obj, dict):
         raise ContractError("bad_json", "frame header must be a JSON object")
     version = obj.get("v")
     if version != FRAME_SCHEMA_VERSION:
         raise ContractError(
             "unknown_schema",
-            f"frame schema version {version!r} is not supported (this inspector speaks v{FRAME_SCHEMA_VERSION}); "
+            f"frame schema version {version!r} is not supported "
+            f"(this inspector speaks v{FRAME_SCHEMA_VERSION}); "
             "upgrade the camera gateway or the inspector so both speak the same version",
         )
     missing = [k for k in _REQUIRED if k not in obj]
@@ -119,7 +122,9 @@ def parse_header(raw: bytes | memoryview) -> FrameHeader:
     if header.channels not in CHANNELS:
         raise ContractError("bad_field", f"channels={header.channels} must be 1 (mono) or 3 (BGR)")
     if not (0 < header.width <= MAX_SIDE and 0 < header.height <= MAX_SIDE):
-        raise ContractError("bad_field", f"frame size {header.width}x{header.height} is outside 1..{MAX_SIDE}")
+        raise ContractError(
+            "bad_field", f"frame size {header.width}x{header.height} is outside 1..{MAX_SIDE}"
+        )
     if header.seq < 0 or not header.camera_id:
         raise ContractError("bad_field", "seq must be >= 0 and camera_id non-empty")
     return header

@@ -123,7 +123,9 @@ def preprocess(frame: np.ndarray, recipe: PreprocessRecipe) -> np.ndarray:
     return np.ascontiguousarray(((coloured * np.float32(scale) - mean) * inv_std).transpose(2, 0, 1))
 
 
-def preprocess_batch(frames: list[np.ndarray], recipe: PreprocessRecipe, out: np.ndarray | None = None) -> np.ndarray:
+def preprocess_batch(
+    frames: list[np.ndarray], recipe: PreprocessRecipe, out: np.ndarray | None = None
+) -> np.ndarray:
     """A batch of frames (each its own size) to one (N, C, height, width) float32 array."""
     shape = (len(frames), recipe.channels, recipe.height, recipe.width)
     if out is None:

@@ -47,6 +47,7 @@ class InspectorConfig:
     metrics_port: int | None = 9108
     metrics_addr: str = "127.0.0.1"
     mes_url: str | None = None
+    mes_max_backoff_s: float = 300.0
     max_batch: int = 8
     max_wait_ms: float = 10.0
     queue_depth: int = 32
@@ -165,7 +166,13 @@ class Inspector:
             from edge_inspect.sinks.mes_webhook import WebhookConfig, WebhookDeliverer
 
             self._deliverer = WebhookDeliverer(
-                self.config.db_path, WebhookConfig(url=self.config.mes_url), metrics=self.metrics
+                self.config.db_path,
+                WebhookConfig(
+                    url=self.config.mes_url,
+                    initial_backoff_s=min(1.0, self.config.mes_max_backoff_s),
+                    max_backoff_s=self.config.mes_max_backoff_s,
+                ),
+                metrics=self.metrics,
             )
             self._deliverer.start()
         log_event(
@@ -375,6 +382,7 @@ def config_from_args(args: argparse.Namespace) -> InspectorConfig:
         results_bind=args.results or None,
         metrics_port=None if args.metrics_port < 0 else args.metrics_port,
         mes_url=args.mes_url,
+        mes_max_backoff_s=args.mes_max_backoff,
         max_batch=args.max_batch,
         max_wait_ms=args.max_wait_ms,
         queue_depth=args.queue_depth,
@@ -433,6 +441,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--results", default="tcp://127.0.0.1:5556", help="PUB endpoint for results; '' disables")
     p.add_argument("--metrics-port", type=int, default=9108, help="Prometheus port; 0 picks one, -1 disables")
     p.add_argument("--mes-url", default=None, help="MES webhook URL (results POSTed at least once)")
+    p.add_argument(
+        "--mes-max-backoff",
+        type=float,
+        default=300.0,
+        help="longest wait between MES retries in s (default: %(default)s)",
+    )
     p.add_argument("--max-batch", type=int, default=8, help="largest micro-batch (default: %(default)s)")
     p.add_argument(
         "--max-wait-ms", type=float, default=10.0, help="longest wait to fill a batch (default: %(default)s)"

@@ -19,7 +19,13 @@ def frame(camera: str, seq: int, delivery: str = "lossless") -> ReceivedFrame:
 def test_round_robin_is_fair_across_cameras() -> None:
     queues = {"a": deque(frame("a", i) for i in range(5)), "b": deque(frame("b", i) for i in range(2))}
     taken = take_round_robin(queues, start=1, limit=5)
-    assert [(f.header.camera_id, f.header.seq) for f in taken] == [("b", 0), ("a", 0), ("b", 1), ("a", 1), ("a", 2)]
+    assert [(f.header.camera_id, f.header.seq) for f in taken] == [
+        ("b", 0),
+        ("a", 0),
+        ("b", 1),
+        ("a", 1),
+        ("a", 2),
+    ]
     assert take_round_robin({}, 0, 3) == []
 
 

@@ -41,7 +41,10 @@ def test_header_round_trip_and_zero_copy_payload() -> None:
         (b"{not json", "bad_json"),
         (b"[1, 2]", "bad_json"),
         (json.dumps({**json.loads(header().to_bytes()), "v": 99}).encode(), "unknown_schema"),
-        (json.dumps({k: v for k, v in json.loads(header().to_bytes()).items() if k != "seq"}).encode(), "missing_field"),
+        (
+            json.dumps({k: v for k, v in json.loads(header().to_bytes()).items() if k != "seq"}).encode(),
+            "missing_field",
+        ),
         (json.dumps({**json.loads(header().to_bytes()), "seq": "7"}).encode(), "bad_field"),
         (json.dumps({**json.loads(header().to_bytes()), "width": True}).encode(), "bad_field"),
         (json.dumps({**json.loads(header().to_bytes()), "channels": 2}).encode(), "bad_field"),
@@ -82,5 +85,12 @@ def test_result_json_round_trip_and_stable_id() -> None:
     assert again == result
     assert result.result_id == "cam1:42:3"
     with pytest.raises(ValueError, match="verdict"):
-        InspectionResult(**{**result.to_dict(), "verdict": "MAYBE", "defects": [], "model": result.model,
-                            "timings_ms": result.timings_ms})
+        InspectionResult(
+            **{
+                **result.to_dict(),
+                "verdict": "MAYBE",
+                "defects": [],
+                "model": result.model,
+                "timings_ms": result.timings_ms,
+            }
+        )

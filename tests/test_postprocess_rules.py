@@ -38,8 +38,15 @@ def test_verdicts_with_review_band_and_area_rule() -> None:
     assert judge(0.45, [], THRESHOLDS, QualityRules(review_band=0.0)) == "OK"
     tiny = [Defect("crack", 0.9, (0, 0, 2, 2), 4)]
     assert judge(0.9, tiny, THRESHOLDS, QualityRules(min_defect_area_px=10)) == "OK"
-    assert judge(0.9, tiny + [Defect("crack", 0.9, (0, 0, 5, 5), 25)], THRESHOLDS,
-                 QualityRules(min_defect_area_px=10)) == "NG"
+    assert (
+        judge(
+            0.9,
+            tiny + [Defect("crack", 0.9, (0, 0, 5, 5), 25)],
+            THRESHOLDS,
+            QualityRules(min_defect_area_px=10),
+        )
+        == "NG"
+    )
 
 
 def test_invalid_thresholds_are_refused() -> None:
@@ -71,4 +78,6 @@ def test_postprocess_examines_maps_only_when_needed() -> None:
     assert [j.verdict for j in judged] == ["OK", "NG", "REVIEW"]
     assert judged[0].defects == [] and judged[1].defects[0].area_px == 4
     plain = postprocess({"score": np.array([5.0])}, card(), QualityRules(), [(10, 20)])
-    assert plain[0].verdict == "NG" and plain[0].defects[0].cls == "crack" and plain[0].defects[0].bbox is None
+    assert (
+        plain[0].verdict == "NG" and plain[0].defects[0].cls == "crack" and plain[0].defects[0].bbox is None
+    )

@@ -22,7 +22,9 @@ def torch_reference(frame: np.ndarray, recipe: PreprocessRecipe) -> np.ndarray:
     elif resized.shape[0] == 3 and recipe.colour == "rgb":
         resized = resized.flip(0)
     elif resized.shape[0] == 3 and recipe.colour == "mono":
-        resized = (resized * torch.tensor([0.114, 0.587, 0.299], dtype=torch.float64)[:, None, None]).sum(0)[None]
+        resized = (resized * torch.tensor([0.114, 0.587, 0.299], dtype=torch.float64)[:, None, None]).sum(0)[
+            None
+        ]
     scaled = resized / np.iinfo(frame.dtype).max
     mean = torch.tensor(recipe.mean, dtype=torch.float64)[:, None, None]
     std = torch.tensor(recipe.std, dtype=torch.float64)[:, None, None]
@@ -42,7 +44,9 @@ def test_matches_torch_reference_on_random_frames(seed: int) -> None:
     if rng.random() < 0.5:
         x, y = rng.integers(0, w // 2), rng.integers(0, h // 2)
         roi = (int(x), int(y), int(rng.integers(1, w - x + 1)), int(rng.integers(1, h - y + 1)))
-    recipe = PreprocessRecipe(int(rng.integers(4, 160)), int(rng.integers(4, 160)), colour, MEAN3[:n], STD3[:n], roi)
+    recipe = PreprocessRecipe(
+        int(rng.integers(4, 160)), int(rng.integers(4, 160)), colour, MEAN3[:n], STD3[:n], roi
+    )
     out = preprocess(frame, recipe)
     assert out.dtype == np.float32 and out.shape == (n, recipe.height, recipe.width)
     # torch resamples with float32 source coordinates (ours are float64), so a small slack is needed.
@@ -66,7 +70,9 @@ def test_source_coords_follow_half_pixel_convention() -> None:
 
 def test_batch_of_different_sizes_and_buffer_reuse() -> None:
     rng = np.random.default_rng(0)
-    frames = [rng.integers(1, 255, size=(h, w, 1), dtype=np.uint8) for h, w in ((50, 60), (300, 300), (17, 9))]
+    frames = [
+        rng.integers(1, 255, size=(h, w, 1), dtype=np.uint8) for h, w in ((50, 60), (300, 300), (17, 9))
+    ]
     recipe = PreprocessRecipe(32, 32)
     buffer = np.full((8, 3, 32, 32), np.nan, dtype=np.float32)
     batch = preprocess_batch(frames, recipe, out=buffer)

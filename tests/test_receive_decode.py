@@ -14,7 +14,9 @@ def frame_parts(image: np.ndarray, encoding: str = "raw") -> list[memoryview]:
     channels = 1 if image.ndim == 2 else image.shape[2]
     header = FrameHeader("cam", 1, "st", 10, w, h, channels, str(image.dtype), encoding)
     payload = image if encoding == "raw" else cv2.imencode(".jpg", image)[1].tobytes()
-    return [memoryview(bytes(p)) if isinstance(p, bytes) else memoryview(p) for p in encode_frame(header, payload)]
+    return [
+        memoryview(bytes(p)) if isinstance(p, bytes) else memoryview(p) for p in encode_frame(header, payload)
+    ]
 
 
 def test_raw_and_jpeg_frames_decode_to_the_header_shape() -> None:

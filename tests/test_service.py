@@ -56,9 +56,11 @@ def test_inspector_judges_records_publishes_and_delivers(toy_map_model_dir: Path
             if len(published) == 7:
                 break
         wait_until(lambda: len(set(mes.keys)) == 7, 20, "7 MES deliveries")
-        metrics_text = urllib.request.urlopen(
-            f"http://127.0.0.1:{inspector.metrics_server.port}/metrics", timeout=5
-        ).read().decode()
+        metrics_text = (
+            urllib.request.urlopen(f"http://127.0.0.1:{inspector.metrics_server.port}/metrics", timeout=5)
+            .read()
+            .decode()
+        )
         sender.close()
     finally:
         inspector.stop()
@@ -123,9 +125,20 @@ def test_seq_tracker_and_archive_sampling() -> None:
     results = [
         InspectionResult.from_dict(
             {
-                "camera_id": "c", "seq": i, "part_id": None, "station": "s", "t_capture_ns": i, "verdict": "OK",
-                "score": 0.1, "threshold": 0.5, "defects": [], "model": {"name": "m", "version": "1", "sha256": "x"},
-                "timings_ms": {}, "image_path": None, "v": 1, "result_id": "",
+                "camera_id": "c",
+                "seq": i,
+                "part_id": None,
+                "station": "s",
+                "t_capture_ns": i,
+                "verdict": "OK",
+                "score": 0.1,
+                "threshold": 0.5,
+                "defects": [],
+                "model": {"name": "m", "version": "1", "sha256": "x"},
+                "timings_ms": {},
+                "image_path": None,
+                "v": 1,
+                "result_id": "",
             }
         )
         for i in range(2000)
