@@ -269,7 +269,7 @@ class Inspector:
         )
 
     def _count_drop(self, camera_id: str, reason: str, count: int = 1) -> None:
-        self.metrics.frames_dropped.labels(camera=camera_id, reason=reason).inc(count)
+        self.metrics.frame_dropped(camera_id, reason, count)
 
     # -- worker thread ----------------------------------------------------------------------------
     def _work_loop(self) -> None:

@@ -10,11 +10,11 @@ from edge_inspect.infer import cuda_device_count
 if cuda_device_count() == 0:
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
-from pathlib import Path  # noqa: E402
+from pathlib import Path
 
-import pytest  # noqa: E402
+import pytest
 
-from tests.toy_models import make_toy_package  # noqa: E402
+from tests.toy_models import make_toy_package
 
 
 @pytest.fixture(scope="session")

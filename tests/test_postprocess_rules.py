@@ -41,7 +41,7 @@ def test_verdicts_with_review_band_and_area_rule() -> None:
     assert (
         judge(
             0.9,
-            tiny + [Defect("crack", 0.9, (0, 0, 5, 5), 25)],
+            [*tiny, Defect("crack", 0.9, (0, 0, 5, 5), 25)],
             THRESHOLDS,
             QualityRules(min_defect_area_px=10),
         )

@@ -1,0 +1,187 @@
+"""Prometheus metrics of one inspector, in a registry of its own.
+
+Nothing is registered in prometheus_client's global default registry: two inspectors (or two tests) in
+one process never see each other's numbers. Names follow the Prometheus conventions: `edgeinspect_`
+prefix, base units (seconds), counters exposed with `_total`.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+from wsgiref.simple_server import WSGIServer
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info, start_http_server
+
+from edge_inspect.contracts import STAGES, InspectionResult, ModelRef
+
+BATCH_SIZE_BUCKETS: tuple[float, ...] = (1, 2, 4, 8, 16, 32, 64)
+# 0.1 ms (a queue hand-over) to 2 s (a cold GPU start); anything slower lands in +Inf.
+STAGE_SECONDS_BUCKETS: tuple[float, ...] = (
+    0.0001,
+    0.00025,
+    0.0005,
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.0,
+)
+DELIVERY_OUTCOMES: tuple[str, ...] = ("delivered", "retry", "dead")
+
+
+@dataclass
+class MetricsServer:
+    """A running `/metrics` endpoint; `port` is the real one, also when 0 was asked for."""
+
+    addr: str
+    port: int
+    _server: WSGIServer
+    _thread: threading.Thread
+
+    def close(self) -> None:
+        """Stop serving and free the port."""
+        self._server.shutdown()
+        self._server.server_close()
+        self._thread.join()
+
+
+class InspectorMetrics:
+    """Every metric of the inspector. Thread-safe: prometheus_client locks each metric itself."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self.frames_received = Counter(
+            "edgeinspect_frames_received",
+            "Frames taken off the bus, before any check.",
+            ["camera"],
+            registry=self.registry,
+        )
+        self.frames_inspected = Counter(
+            "edgeinspect_frames_inspected",
+            "Frames that got a verdict.",
+            ["camera", "verdict"],
+            registry=self.registry,
+        )
+        self.frames_dropped = Counter(
+            "edgeinspect_frames_dropped",
+            "Frames received but never inspected, by reason (e.g. queue full, stale).",
+            ["camera", "reason"],
+            registry=self.registry,
+        )
+        self.malformed_messages = Counter(
+            "edgeinspect_malformed_messages",
+            "Bus messages refused because they broke the frame contract, by ContractError reason.",
+            ["reason"],
+            registry=self.registry,
+        )
+        self.queue_depth = Gauge(
+            "edgeinspect_queue_depth",
+            "Frames waiting for inspection.",
+            ["camera"],
+            registry=self.registry,
+        )
+        self.batch_size = Histogram(
+            "edgeinspect_batch_size",
+            "Frames per inference batch.",
+            buckets=BATCH_SIZE_BUCKETS,
+            registry=self.registry,
+        )
+        self.stage_duration = Histogram(
+            "edgeinspect_stage_duration_seconds",
+            "Time one frame spent in each pipeline stage; stage=total is capture to verdict.",
+            ["stage", "device"],
+            buckets=STAGE_SECONDS_BUCKETS,
+            registry=self.registry,
+        )
+        self.mes_deliveries = Counter(
+            "edgeinspect_mes_deliveries",
+            "MES webhook POST outcomes: delivered, retry (will be tried again) or dead (gave up).",
+            ["outcome"],
+            registry=self.registry,
+        )
+        self.mes_outbox_pending = Gauge(
+            "edgeinspect_mes_outbox_pending",
+            "Results recorded but not yet delivered to the MES.",
+            registry=self.registry,
+        )
+        self.model_info = Info(
+            "edgeinspect_model",
+            "The model being served.",
+            registry=self.registry,
+        )
+        self.inference_errors = Counter(
+            "edgeinspect_inference_errors",
+            "Batches whose inference raised an error.",
+            registry=self.registry,
+        )
+        # Outcomes appear at 0 from the start, so that rate() and alerts work before the first event.
+        for outcome in DELIVERY_OUTCOMES:
+            self.mes_deliveries.labels(outcome=outcome)
+
+    def frame_received(self, camera: str) -> None:
+        self.frames_received.labels(camera=camera).inc()
+
+    def frame_dropped(self, camera: str, reason: str, count: int = 1) -> None:
+        self.frames_dropped.labels(camera=camera, reason=reason).inc(count)
+
+    def malformed_message(self, reason: str) -> None:
+        self.malformed_messages.labels(reason=reason).inc()
+
+    def set_queue_depth(self, camera: str, depth: int) -> None:
+        self.queue_depth.labels(camera=camera).set(depth)
+
+    def observe_batch(self, size: int) -> None:
+        self.batch_size.observe(size)
+
+    def observe_stage(self, stage: str, seconds: float, device: str = "cpu") -> None:
+        if stage not in STAGES:
+            raise ValueError(f"stage {stage!r} is not one of {STAGES}")
+        self.stage_duration.labels(stage=stage, device=device).observe(seconds)
+
+    def observe_result(self, result: InspectionResult, device: str = "cpu") -> None:
+        """Count the verdict and record every stage time of the result (call once per result).
+
+        The stage times come from `result.timings_ms`, so do not also `observe_stage` them yourself.
+        """
+        self.frames_inspected.labels(camera=result.camera_id, verdict=result.verdict).inc()
+        for stage in STAGES:
+            milliseconds: float = getattr(result.timings_ms, stage)
+            self.observe_stage(stage, milliseconds / 1000.0, device)
+
+    def inference_error(self) -> None:
+        self.inference_errors.inc()
+
+    def set_model(self, model: ModelRef, family: str, provider: str) -> None:
+        """Publish the served model; call again after a model swap (the old labels are replaced)."""
+        self.model_info.info(
+            {
+                "name": model.name,
+                "version": model.version,
+                "sha256": model.sha256,
+                "family": family,
+                "provider": provider,
+            }
+        )
+
+    def observe_deliveries(self, delivered: int, retried: int, dead: int) -> None:
+        self.mes_deliveries.labels(outcome="delivered").inc(delivered)
+        self.mes_deliveries.labels(outcome="retry").inc(retried)
+        self.mes_deliveries.labels(outcome="dead").inc(dead)
+
+    def set_outbox_pending(self, pending: int) -> None:
+        self.mes_outbox_pending.set(pending)
+
+    def serve(self, port: int, addr: str = "127.0.0.1") -> MetricsServer:
+        """Serve `/metrics` over HTTP from a daemon thread; port 0 picks a free port (see `.port`).
+
+        The default address is loopback: expose it on the network deliberately (addr="0.0.0.0").
+        """
+        server, thread = start_http_server(port, addr=addr, registry=self.registry)
+        return MetricsServer(addr=addr, port=server.server_port, _server=server, _thread=thread)

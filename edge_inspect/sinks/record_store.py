@@ -1,0 +1,526 @@
+"""The traceability record: every inspection result, its archived image, the MES outbox and operator labels.
+
+One SQLite file in WAL mode with `synchronous=NORMAL`: a committed transaction survives the inspector
+being SIGKILLed (not necessarily a power cut, which would need `FULL` and cost a disk flush per batch).
+
+Threading: a `RecordStore` wraps ONE sqlite3 connection and must stay in the thread that opened it
+(sqlite3 enforces this). Each thread that needs the records opens its own `RecordStore` on the same
+file; WAL lets one writer and any number of readers work at the same time, and `busy_timeout` makes
+a second writer wait for the first instead of failing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sqlite3
+import sys
+import tempfile
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+import cv2
+import numpy as np
+
+from edge_inspect.contracts import VERDICTS, InspectionResult
+
+SCHEMA_VERSION = 1
+OUTBOX_STATES: tuple[str, ...] = ("pending", "delivered", "dead")
+LABELS: tuple[str, ...] = ("OK", "NG")
+DEFAULT_BUSY_TIMEOUT_S = 10.0
+_OUTBOX_COLUMNS = "id, result_id, payload, attempts, next_attempt_ns, state, last_error, delivered_ns"
+
+_SCHEMA = """
+CREATE TABLE results (
+    result_id     TEXT PRIMARY KEY,
+    camera_id     TEXT NOT NULL,
+    seq           INTEGER NOT NULL,
+    part_id       TEXT,
+    station       TEXT NOT NULL,
+    t_capture_ns  INTEGER NOT NULL,
+    verdict       TEXT NOT NULL CHECK (verdict IN ('OK', 'NG', 'REVIEW')),
+    score         REAL NOT NULL,
+    threshold     REAL NOT NULL,
+    model_name    TEXT NOT NULL,
+    model_version TEXT NOT NULL,
+    model_sha256  TEXT NOT NULL,
+    image_path    TEXT,
+    result_json   TEXT NOT NULL
+);
+CREATE INDEX results_part ON results (part_id, t_capture_ns);
+CREATE INDEX results_camera_time ON results (camera_id, t_capture_ns);
+CREATE INDEX results_verdict_time ON results (verdict, t_capture_ns);
+CREATE INDEX results_time ON results (t_capture_ns);
+
+CREATE TABLE outbox (
+    id              INTEGER PRIMARY KEY,
+    result_id       TEXT NOT NULL UNIQUE REFERENCES results (result_id),
+    payload         TEXT NOT NULL,
+    attempts        INTEGER NOT NULL DEFAULT 0,
+    next_attempt_ns INTEGER NOT NULL,
+    delivered_ns    INTEGER,
+    last_error      TEXT,
+    state           TEXT NOT NULL DEFAULT 'pending' CHECK (state IN ('pending', 'delivered', 'dead'))
+);
+CREATE INDEX outbox_due ON outbox (state, next_attempt_ns);
+
+CREATE TABLE labels (
+    id           INTEGER PRIMARY KEY,
+    result_id    TEXT NOT NULL REFERENCES results (result_id),
+    label        TEXT NOT NULL CHECK (label IN ('OK', 'NG')),
+    source       TEXT NOT NULL,
+    labelled_by  TEXT NOT NULL,
+    labelled_ns  INTEGER NOT NULL,
+    note         TEXT
+);
+CREATE INDEX labels_result ON labels (result_id, labelled_ns);
+"""
+
+
+class RecordStoreError(RuntimeError):
+    """The record store cannot do what was asked; the message says why and what to do."""
+
+
+@dataclass(frozen=True)
+class OutboxItem:
+    """One MES delivery. `payload` is the result JSON exactly as recorded; `attempts` counts POSTs made."""
+
+    id: int
+    result_id: str
+    payload: str
+    attempts: int
+    next_attempt_ns: int
+    state: str
+    last_error: str | None
+    delivered_ns: int | None
+
+
+@dataclass(frozen=True)
+class Label:
+    """An operator's (or another source's) confirmation or correction of one result, for retraining."""
+
+    id: int
+    result_id: str
+    label: str
+    source: str
+    labelled_by: str
+    labelled_ns: int
+    note: str | None
+
+
+class RecordStore:
+    """Results, outbox and labels in one SQLite file. Open one per thread (see the module docstring).
+
+    `image_dir` is needed only by `archive_image`; readers such as the `records` command and the MES
+    deliverer leave it out.
+    """
+
+    def __init__(
+        self, db_path: Path, image_dir: Path | None = None, busy_timeout_s: float = DEFAULT_BUSY_TIMEOUT_S
+    ) -> None:
+        self.db_path = Path(db_path)
+        self.image_dir = Path(image_dir) if image_dir is not None else None
+        self.db_path.parent.mkdir(parents=True, exist_ok=True)
+        # isolation_level=None: no implicit transactions; every write below opens its own explicitly.
+        self._conn = sqlite3.connect(self.db_path, timeout=busy_timeout_s, isolation_level=None)
+        try:
+            self._configure(busy_timeout_s)
+            self._ensure_schema()
+        except BaseException:
+            self._conn.close()
+            raise
+
+    def _configure(self, busy_timeout_s: float) -> None:
+        self._conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout_s * 1000)}")
+        mode = self._conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+        if str(mode).lower() != "wal":
+            raise RecordStoreError(
+                f"cannot switch {self.db_path} to WAL mode (got {mode!r}); the file system probably does not "
+                "support shared memory (network shares do not): put the record store on a local disk"
+            )
+        self._conn.execute("PRAGMA synchronous = NORMAL")
+        self._conn.execute("PRAGMA foreign_keys = ON")
+
+    def _ensure_schema(self) -> None:
+        with self._write() as conn:
+            version = conn.execute("PRAGMA user_version").fetchone()[0]
+            if version > SCHEMA_VERSION:
+                raise RecordStoreError(
+                    f"record store {self.db_path} has schema version {version}, newer than the version "
+                    f"{SCHEMA_VERSION} this edge-inspect understands; upgrade edge-inspect, or point it at "
+                    "another database file"
+                )
+            if version == SCHEMA_VERSION:
+                return
+            existing = [row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")]
+            if existing:
+                raise RecordStoreError(
+                    f"{self.db_path} is an SQLite database with tables {existing} but no edge-inspect schema "
+                    "version; it is not a record store: choose another file"
+                )
+            for statement in _split_statements(_SCHEMA):
+                conn.execute(statement)
+            conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+
+    @contextmanager
+    def _write(self) -> Iterator[sqlite3.Connection]:
+        # IMMEDIATE takes the write lock up front, so a busy database waits at BEGIN (where busy_timeout
+        # applies) instead of failing half-way through a transaction.
+        self._conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield self._conn
+            self._conn.execute("COMMIT")
+        except BaseException:
+            # Also after a failed COMMIT (disk full), which can leave the transaction open.
+            if self._conn.in_transaction:
+                self._conn.execute("ROLLBACK")
+            raise
+
+    def close(self) -> None:
+        self._conn.close()
+
+    def __enter__(self) -> RecordStore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # Images ------------------------------------------------------------------------------------------
+
+    def archive_image(self, result: InspectionResult, image: np.ndarray) -> str:
+        """Write the part's image as lossless PNG, atomically, and return its path.
+
+        Layout: `image_dir/YYYY-MM-DD/<camera_id>/<result_id>.png`, the date being the capture day in
+        UTC. Put the returned path into the result (`dataclasses.replace(result, image_path=path)`)
+        before `add_results`.
+        """
+        if self.image_dir is None:
+            raise RecordStoreError(
+                "this RecordStore was opened without image_dir; open it with RecordStore(db_path, image_dir) "
+                "to archive images"
+            )
+        ok, encoded = cv2.imencode(".png", image)
+        if not ok:
+            raise RecordStoreError(
+                f"OpenCV could not encode the image of {result.result_id} as PNG "
+                f"(shape {image.shape}, dtype {image.dtype}); pass a uint8 or uint16 mono or BGR array"
+            )
+        day = datetime.fromtimestamp(result.t_capture_ns / 1e9, tz=timezone.utc).strftime("%Y-%m-%d")
+        directory = self.image_dir / day / _path_component(result.camera_id)
+        directory.mkdir(parents=True, exist_ok=True)
+        target = directory / f"{_path_component(result.result_id)}.png"
+        # Written next to the target and renamed over it: a reader never sees a half-written PNG, and a
+        # crash leaves at worst a stray .tmp file. No fsync: the database itself only promises
+        # crash (not power-loss) durability, and a flush per frame would cost more than the encoding.
+        fd, tmp_name = tempfile.mkstemp(dir=directory, prefix=".", suffix=".png.tmp")
+        try:
+            with os.fdopen(fd, "wb") as fh:
+                fh.write(encoded.tobytes())
+            os.replace(tmp_name, target)
+        except BaseException:
+            Path(tmp_name).unlink(missing_ok=True)
+            raise
+        return str(target)
+
+    # Results -----------------------------------------------------------------------------------------
+
+    def add_results(
+        self, items: Sequence[InspectionResult], with_outbox: bool, now_ns: int | None = None
+    ) -> None:
+        """Record results and, with `with_outbox`, queue each for MES delivery, all in one transaction.
+
+        Idempotent on `result_id`: a result already recorded is left as it was and gets no second
+        outbox row. `now_ns` is when the deliveries become due (default: now).
+        """
+        due_ns = time.time_ns() if now_ns is None else now_ns
+        with self._write() as conn:
+            for result in items:
+                payload = result.to_json()
+                inserted = conn.execute(
+                    "INSERT OR IGNORE INTO results (result_id, camera_id, seq, part_id, station,"
+                    " t_capture_ns, verdict, score, threshold, model_name, model_version, model_sha256,"
+                    " image_path, result_json) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    (
+                        result.result_id,
+                        result.camera_id,
+                        result.seq,
+                        result.part_id,
+                        result.station,
+                        result.t_capture_ns,
+                        result.verdict,
+                        result.score,
+                        result.threshold,
+                        result.model.name,
+                        result.model.version,
+                        result.model.sha256,
+                        result.image_path,
+                        payload,
+                    ),
+                ).rowcount
+                if with_outbox and inserted:
+                    conn.execute(
+                        "INSERT INTO outbox (result_id, payload, next_attempt_ns) VALUES (?, ?, ?)",
+                        (result.result_id, payload, due_ns),
+                    )
+
+    def query(
+        self,
+        part_id: str | None = None,
+        camera_id: str | None = None,
+        verdict: str | None = None,
+        since_ns: int | None = None,
+        until_ns: int | None = None,
+        limit: int = 100,
+    ) -> list[InspectionResult]:
+        """Results matching every given filter, newest capture first; `since_ns` inclusive, `until_ns` not."""
+        if verdict is not None and verdict not in VERDICTS:
+            raise RecordStoreError(f"verdict {verdict!r} is not one of {VERDICTS}")
+        if limit < 1:
+            raise RecordStoreError(f"limit must be at least 1, got {limit}")
+        clauses: list[str] = []
+        params: list[Any] = []
+        for column, op, value in (
+            ("part_id", "=", part_id),
+            ("camera_id", "=", camera_id),
+            ("verdict", "=", verdict),
+            ("t_capture_ns", ">=", since_ns),
+            ("t_capture_ns", "<", until_ns),
+        ):
+            if value is not None:
+                clauses.append(f"{column} {op} ?")
+                params.append(value)
+        where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
+        rows = self._conn.execute(
+            f"SELECT result_json FROM results {where} ORDER BY t_capture_ns DESC, seq DESC LIMIT ?",
+            (*params, limit),
+        )
+        return [InspectionResult.from_dict(json.loads(row[0])) for row in rows]
+
+    def get(self, result_id: str) -> InspectionResult | None:
+        row = self._conn.execute(
+            "SELECT result_json FROM results WHERE result_id = ?", (result_id,)
+        ).fetchone()
+        return None if row is None else InspectionResult.from_dict(json.loads(row[0]))
+
+    def counts_by_verdict(self) -> dict[str, int]:
+        counts = dict.fromkeys(VERDICTS, 0)
+        counts.update(self._conn.execute("SELECT verdict, COUNT(*) FROM results GROUP BY verdict").fetchall())
+        return counts
+
+    # MES outbox --------------------------------------------------------------------------------------
+
+    def due_deliveries(self, now_ns: int, limit: int) -> list[OutboxItem]:
+        """Pending deliveries whose next attempt is due, the longest-waiting first."""
+        rows = self._conn.execute(
+            f"SELECT {_OUTBOX_COLUMNS} FROM outbox"
+            " WHERE state = 'pending' AND next_attempt_ns <= ? ORDER BY next_attempt_ns, id LIMIT ?",
+            (now_ns, limit),
+        )
+        return [OutboxItem(*row) for row in rows]
+
+    def outbox_item(self, result_id: str) -> OutboxItem | None:
+        """The delivery of one result in whatever state it is, e.g. to see why it went dead."""
+        row = self._conn.execute(
+            f"SELECT {_OUTBOX_COLUMNS} FROM outbox WHERE result_id = ?", (result_id,)
+        ).fetchone()
+        return None if row is None else OutboxItem(*row)
+
+    def next_due_ns(self) -> int | None:
+        """When the earliest pending delivery becomes due, or None when nothing is pending."""
+        row = self._conn.execute("SELECT MIN(next_attempt_ns) FROM outbox WHERE state = 'pending'").fetchone()
+        return row[0]
+
+    def mark_delivered(self, ids: Sequence[int], now_ns: int) -> None:
+        with self._write() as conn:
+            conn.executemany(
+                "UPDATE outbox SET state = 'delivered', delivered_ns = ?, attempts = attempts + 1,"
+                " last_error = NULL WHERE id = ? AND state = 'pending'",
+                [(now_ns, item_id) for item_id in ids],
+            )
+
+    def mark_retry(self, id: int, error: str, next_attempt_ns: int) -> None:
+        with self._write() as conn:
+            conn.execute(
+                "UPDATE outbox SET attempts = attempts + 1, last_error = ?, next_attempt_ns = ?"
+                " WHERE id = ? AND state = 'pending'",
+                (error, next_attempt_ns, id),
+            )
+
+    def mark_dead(self, id: int, error: str) -> None:
+        with self._write() as conn:
+            conn.execute(
+                "UPDATE outbox SET state = 'dead', attempts = attempts + 1, last_error = ?"
+                " WHERE id = ? AND state = 'pending'",
+                (error, id),
+            )
+
+    def requeue_dead(self, result_ids: Sequence[str] | None = None, now_ns: int | None = None) -> int:
+        """Make dead deliveries pending again (all of them, or those of `result_ids`); returns how many.
+
+        For after the cause was fixed (receiver configuration, payload validation on the MES side).
+        The attempt count restarts so that the back-off starts short again.
+        """
+        due_ns = time.time_ns() if now_ns is None else now_ns
+        update = "UPDATE outbox SET state = 'pending', attempts = 0, next_attempt_ns = ? WHERE state = 'dead'"
+        with self._write() as conn:
+            if result_ids is None:
+                return conn.execute(update, (due_ns,)).rowcount
+            return sum(
+                conn.execute(f"{update} AND result_id = ?", (due_ns, result_id)).rowcount
+                for result_id in result_ids
+            )
+
+    def count_pending(self) -> int:
+        # Counted through the (state, next_attempt_ns) index: cheap however many delivered rows there are.
+        return self._conn.execute("SELECT COUNT(*) FROM outbox WHERE state = 'pending'").fetchone()[0]
+
+    def outbox_counts(self) -> dict[str, int]:
+        counts = dict.fromkeys(OUTBOX_STATES, 0)
+        counts.update(self._conn.execute("SELECT state, COUNT(*) FROM outbox GROUP BY state").fetchall())
+        return counts
+
+    # Labels ------------------------------------------------------------------------------------------
+
+    def add_label(
+        self,
+        result_id: str,
+        label: str,
+        labelled_by: str,
+        note: str | None = None,
+        source: str = "operator",
+        labelled_ns: int | None = None,
+    ) -> Label:
+        """Record a confirmation or correction of a result; the latest label of a result wins."""
+        if label not in LABELS:
+            raise RecordStoreError(f"label {label!r} is not one of {LABELS}")
+        when = time.time_ns() if labelled_ns is None else labelled_ns
+        with self._write() as conn:
+            if conn.execute("SELECT 1 FROM results WHERE result_id = ?", (result_id,)).fetchone() is None:
+                raise RecordStoreError(
+                    f"cannot label result {result_id!r}: no such result in {self.db_path}; check the id "
+                    "(`edge-inspect records --db ... --json` lists them)"
+                )
+            cursor = conn.execute(
+                "INSERT INTO labels (result_id, label, source, labelled_by, labelled_ns, note)"
+                " VALUES (?, ?, ?, ?, ?, ?)",
+                (result_id, label, source, labelled_by, when, note),
+            )
+        return Label(int(cursor.lastrowid or 0), result_id, label, source, labelled_by, when, note)
+
+    def labels(self, latest_only: bool = True) -> list[Label]:
+        """Labels, oldest first; with `latest_only`, only the most recent label of each result."""
+        columns = "id, result_id, label, source, labelled_by, labelled_ns, note"
+        if latest_only:
+            sql = (
+                f"SELECT {columns} FROM (SELECT *, ROW_NUMBER() OVER (PARTITION BY result_id"
+                " ORDER BY labelled_ns DESC, id DESC) AS newest FROM labels) WHERE newest = 1"
+                " ORDER BY labelled_ns, id"
+            )
+        else:
+            sql = f"SELECT {columns} FROM labels ORDER BY labelled_ns, id"
+        return [Label(*row) for row in self._conn.execute(sql)]
+
+
+def _split_statements(script: str) -> list[str]:
+    return [statement.strip() for statement in script.split(";") if statement.strip()]
+
+
+def _path_component(text: str) -> str:
+    """A reversible, file-system-safe name: percent-encoding keeps distinct ids distinct."""
+    encoded = quote(text, safe="")
+    # quote() leaves dots alone; a leading one would make "." / ".." or a hidden file.
+    return "%2E" + encoded[1:] if encoded.startswith(".") else encoded
+
+
+# Command line ----------------------------------------------------------------------------------------
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "records",
+        help="list recorded inspection results",
+        description="List recorded inspection results, newest first. Times without a UTC offset are local.",
+    )
+    parser.add_argument("--db", type=Path, required=True, help="record store database file")
+    parser.add_argument("--part-id", help="only this part")
+    parser.add_argument("--camera", help="only this camera id")
+    parser.add_argument("--verdict", choices=VERDICTS, help="only this verdict")
+    parser.add_argument("--since", type=parse_time_ns, help="captured at or after (ISO 8601)")
+    parser.add_argument("--until", type=parse_time_ns, help="captured before (ISO 8601)")
+    parser.add_argument("--limit", type=int, default=100, help="at most N results (default 100)")
+    parser.add_argument("--json", action="store_true", help="one result JSON object per line")
+    parser.add_argument(
+        "--requeue-dead",
+        nargs="*",
+        metavar="RESULT_ID",
+        help="instead of listing, make dead MES deliveries pending again (all of them when no id is given)",
+    )
+    parser.set_defaults(handler=run_records)
+
+
+def parse_time_ns(text: str) -> int:
+    """ISO 8601 to epoch nanoseconds; without an offset the time is local, `Z` means UTC."""
+    try:
+        moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not an ISO 8601 time; write e.g. 2024-05-01T14:30:00 or 2024-05-01T12:30:00Z"
+        ) from exc
+    if moment.tzinfo is None:
+        moment = moment.astimezone()
+    return (moment - datetime(1970, 1, 1, tzinfo=timezone.utc)) // timedelta(microseconds=1) * 1000
+
+
+def format_table(results: Sequence[InspectionResult]) -> str:
+    header = ("time", "camera", "part", "verdict", "score", "model", "image")
+    rows = [header] + [
+        (
+            datetime.fromtimestamp(r.t_capture_ns / 1e9).astimezone().isoformat(timespec="milliseconds"),
+            r.camera_id,
+            r.part_id or "-",
+            r.verdict,
+            f"{r.score:.3f}",
+            r.model.version,
+            r.image_path or "-",
+        )
+        for r in results
+    ]
+    widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
+    lines = ("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)) for row in rows)
+    return "\n".join(line.rstrip() for line in lines)
+
+
+def run_records(args: argparse.Namespace) -> int:
+    if not args.db.is_file():
+        print(f"edge-inspect records: error: no record store at {args.db}; check --db", file=sys.stderr)
+        return 2
+    try:
+        with RecordStore(args.db) as store:
+            if args.requeue_dead is not None:
+                count = store.requeue_dead(args.requeue_dead or None)
+                print(f"requeued {count} dead MES deliveries")
+                return 0
+            results = store.query(
+                part_id=args.part_id,
+                camera_id=args.camera,
+                verdict=args.verdict,
+                since_ns=args.since,
+                until_ns=args.until,
+                limit=args.limit,
+            )
+    except RecordStoreError as exc:
+        print(f"edge-inspect records: error: {exc}", file=sys.stderr)
+        return 2
+    if args.json:
+        for result in results:
+            print(result.to_json())
+    else:
+        print(format_table(results))
+    return 0

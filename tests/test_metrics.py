@@ -1,0 +1,170 @@
+from __future__ import annotations
+
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+
+import prometheus_client
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+from prometheus_client.samples import Sample
+
+from edge_inspect.contracts import STAGES, InspectionResult, ModelRef, StageTimings
+from edge_inspect.sinks.metrics import InspectorMetrics, MetricsServer
+
+MODEL = ModelRef(name="elpv-cls", version="1.2.0", sha256="ab" * 32)
+
+
+def make_result(camera_id: str, verdict: str) -> InspectionResult:
+    return InspectionResult(
+        camera_id=camera_id,
+        seq=1,
+        part_id="P1",
+        station="st-1",
+        t_capture_ns=1,
+        verdict=verdict,
+        score=0.7,
+        threshold=0.5,
+        defects=[],
+        model=MODEL,
+        timings_ms=StageTimings(
+            transport=0.2, queue=0.05, decode=0.5, preprocess=1.5, infer=6.0, postprocess=0.3, total=9.0
+        ),
+    )
+
+
+def scrape(server: MetricsServer) -> list[Sample]:
+    with urllib.request.urlopen(f"http://127.0.0.1:{server.port}/metrics", timeout=5) as response:
+        text = response.read().decode()
+    return [sample for family in text_string_to_metric_families(text) for sample in family.samples]
+
+
+def value(samples: list[Sample], metric: str, /, **labels: str) -> float | None:
+    matches = [s.value for s in samples if s.name == metric and s.labels == labels]
+    return matches[0] if matches else None
+
+
+@pytest.fixture
+def metrics() -> InspectorMetrics:
+    return InspectorMetrics()
+
+
+@pytest.fixture
+def server(metrics: InspectorMetrics) -> Iterator[MetricsServer]:
+    started = metrics.serve(port=0)
+    yield started
+    started.close()
+
+
+def test_scrape_reports_every_metric_with_labels(metrics: InspectorMetrics, server: MetricsServer) -> None:
+    assert server.port != 0
+    for _ in range(3):
+        metrics.frame_received("cam1")
+    metrics.frame_received("cam2")
+    metrics.observe_result(make_result("cam1", "NG"), device="cuda")
+    metrics.observe_result(make_result("cam1", "NG"), device="cuda")
+    metrics.observe_result(make_result("cam2", "OK"), device="cuda")
+    metrics.frame_dropped("cam2", "queue_full")
+    metrics.malformed_message("bad_json")
+    metrics.set_queue_depth("cam1", 4)
+    metrics.observe_batch(3)
+    metrics.observe_batch(64)
+    metrics.observe_stage("decode", 0.0004)
+    metrics.inference_error()
+    metrics.observe_deliveries(delivered=5, retried=2, dead=1)
+    metrics.set_outbox_pending(7)
+    metrics.set_model(MODEL, family="classifier", provider="CUDAExecutionProvider")
+
+    samples = scrape(server)
+
+    assert value(samples, "edgeinspect_frames_received_total", camera="cam1") == 3
+    assert value(samples, "edgeinspect_frames_received_total", camera="cam2") == 1
+    assert value(samples, "edgeinspect_frames_inspected_total", camera="cam1", verdict="NG") == 2
+    assert value(samples, "edgeinspect_frames_inspected_total", camera="cam2", verdict="OK") == 1
+    assert value(samples, "edgeinspect_frames_dropped_total", camera="cam2", reason="queue_full") == 1
+    assert value(samples, "edgeinspect_malformed_messages_total", reason="bad_json") == 1
+    assert value(samples, "edgeinspect_queue_depth", camera="cam1") == 4
+    assert value(samples, "edgeinspect_inference_errors_total") == 1
+    assert value(samples, "edgeinspect_mes_deliveries_total", outcome="delivered") == 5
+    assert value(samples, "edgeinspect_mes_deliveries_total", outcome="retry") == 2
+    assert value(samples, "edgeinspect_mes_deliveries_total", outcome="dead") == 1
+    assert value(samples, "edgeinspect_mes_outbox_pending") == 7
+    assert (
+        value(
+            samples,
+            "edgeinspect_model_info",
+            name="elpv-cls",
+            version="1.2.0",
+            sha256="ab" * 32,
+            family="classifier",
+            provider="CUDAExecutionProvider",
+        )
+        == 1
+    )
+
+    batch_buckets = {s.labels["le"]: s.value for s in samples if s.name == "edgeinspect_batch_size_bucket"}
+    assert list(batch_buckets) == ["1.0", "2.0", "4.0", "8.0", "16.0", "32.0", "64.0", "+Inf"]
+    assert (batch_buckets["2.0"], batch_buckets["4.0"], batch_buckets["64.0"]) == (0, 1, 2)
+    assert value(samples, "edgeinspect_batch_size_sum") == 67
+
+    for stage in STAGES:
+        assert value(samples, "edgeinspect_stage_duration_seconds_count", stage=stage, device="cuda") == 3
+    assert value(samples, "edgeinspect_stage_duration_seconds_sum", stage="infer", device="cuda") == (
+        pytest.approx(0.018)
+    )
+    assert value(samples, "edgeinspect_stage_duration_seconds_count", stage="decode", device="cpu") == 1
+    infer_buckets = [
+        s
+        for s in samples
+        if s.name == "edgeinspect_stage_duration_seconds_bucket" and s.labels["stage"] == "infer"
+    ]
+    assert float(infer_buckets[0].labels["le"]) == pytest.approx(0.0001)
+    assert float(infer_buckets[-2].labels["le"]) == 2.0
+    # 6 ms lands between the 5 ms and 10 ms buckets.
+    by_le = {float(s.labels["le"]): s.value for s in infer_buckets}
+    assert (by_le[0.005], by_le[0.01]) == (0, 3)
+
+
+def test_delivery_outcomes_start_at_zero(metrics: InspectorMetrics, server: MetricsServer) -> None:
+    samples = scrape(server)
+    for outcome in ("delivered", "retry", "dead"):
+        assert value(samples, "edgeinspect_mes_deliveries_total", outcome=outcome) == 0
+
+
+def test_instances_do_not_share_state(metrics: InspectorMetrics, server: MetricsServer) -> None:
+    other = InspectorMetrics()
+    other_server = other.serve(port=0)
+    try:
+        other.frame_received("cam9")
+        other.observe_result(make_result("cam9", "OK"))
+        assert value(scrape(other_server), "edgeinspect_frames_received_total", camera="cam9") == 1
+        mine = scrape(server)
+        assert not [s for s in mine if s.labels.get("camera") == "cam9"]
+        assert (
+            prometheus_client.REGISTRY.get_sample_value(
+                "edgeinspect_frames_received_total", {"camera": "cam9"}
+            )
+            is None
+        )
+    finally:
+        other_server.close()
+
+
+def test_unknown_stage_is_refused(metrics: InspectorMetrics) -> None:
+    with pytest.raises(ValueError, match="stage"):
+        metrics.observe_stage("warmup", 0.1)
+
+
+def test_close_frees_the_port(metrics: InspectorMetrics) -> None:
+    server = metrics.serve(port=0)
+    port = server.port
+    assert scrape(server)
+    server.close()
+    with pytest.raises(urllib.error.URLError):
+        urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2)
+    again = metrics.serve(port=port)
+    try:
+        assert again.port == port
+        assert value(scrape(again), "edgeinspect_mes_deliveries_total", outcome="dead") == 0
+    finally:
+        again.close()
