@@ -47,9 +47,12 @@ def test_inspector_judges_records_publishes_and_delivers(toy_map_model_dir: Path
         for seq in range(6):
             send(sender, seq, 250 if seq % 2 else 10)  # odd parts are bright: NG for the toy model
         send(sender, 8, 250, encoding="jpeg")  # seqs 6 and 7 never sent: two frames lost upstream
-        sender._socket.send_multipart([b"{broken", b""])
+        rogue = ctx.socket(zmq.PUSH)  # a misbehaving client that ignores the contract
+        rogue.connect(inspector.receiver.endpoint)
+        rogue.send_multipart([b"{broken", b""])
         header = FrameHeader("cam1", 9, "st1", 0, 60, 40, 1, "uint8", "jpeg")
-        sender._socket.send_multipart([header.to_bytes(), b"\xff\xd8 truncated"])
+        rogue.send_multipart([header.to_bytes(), b"\xff\xd8 truncated"])
+        rogue.close(linger=1000)
         wait_until(lambda: inspector.summary()["inspected"] == 7, 20, "7 results")
         while sub.poll(2000):
             published.append(InspectionResult.from_dict(json.loads(sub.recv_multipart()[1])))

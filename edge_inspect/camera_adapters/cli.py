@@ -1,0 +1,199 @@
+"""`edge-inspect camera SOURCE`: run one camera gateway that publishes frames on the frame bus.
+
+Only argparse is imported here; numpy, OpenCV and ZeroMQ load when the command runs, so building the
+parser stays fast for every other subcommand.
+"""
+
+from __future__ import annotations
+
+import argparse
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from edge_inspect.camera_adapters.base import FrameSource
+
+DEFAULT_ENDPOINT = "tcp://127.0.0.1:5555"
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    camera = subparsers.add_parser(
+        "camera",
+        help="run a camera gateway that sends frames to the inspector",
+        description=(
+            "Publish frames from a source on the ZeroMQ frame bus, paced at --fps, until the source ends, a "
+            "limit is reached or SIGINT/SIGTERM arrives. The last line of stdout is a JSON object with the "
+            "run's statistics. Needs numpy, OpenCV and pyzmq only (no torch, no onnxruntime)."
+        ),
+    )
+    sources = camera.add_subparsers(dest="source", required=True, metavar="SOURCE")
+    common = _common_options()
+
+    synthetic = sources.add_parser(
+        "synthetic",
+        parents=[common],
+        help="seeded synthetic machined discs, some with scratches, spots or cracks",
+        description="Synthetic parts: reproducible for a --seed, part ids syn-000000, syn-000001, ...",
+    )
+    synthetic.add_argument("--width", type=int, default=640, help="image width in pixels (default: 640)")
+    synthetic.add_argument("--height", type=int, default=480, help="image height in pixels (default: 480)")
+    synthetic.add_argument(
+        "--channels", type=int, choices=(1, 3), default=3, help="1 for mono, 3 for BGR (default: 3)"
+    )
+    synthetic.add_argument(
+        "--defect-rate", type=float, default=0.1, help="fraction of parts with a defect, 0..1 (default: 0.1)"
+    )
+    synthetic.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
+
+    folder = sources.add_parser(
+        "folder",
+        parents=[common],
+        help="replay the images in a folder",
+        description=(
+            "Replay png/jpg/jpeg/bmp/tif/tiff files found recursively under PATH, in sorted order, keeping "
+            "their pixel format (mono, BGR, 8 or 16 bit). The part id is the file name without extension. "
+            "Unreadable files are logged and skipped."
+        ),
+    )
+    folder.add_argument("path", metavar="PATH", help="folder of images")
+
+    elpv = sources.add_parser(
+        "elpv",
+        parents=[common],
+        help="replay the ELPV solar-cell images of one split",
+        description=(
+            "Replay the ELPV electroluminescence solar-cell images (300x300 mono) from the installed "
+            "elpv-dataset package, using the project's fixed train/val/test split."
+        ),
+    )
+    elpv.add_argument(
+        "--split",
+        choices=("train", "val", "test", "all"),
+        default="test",
+        help="which split to replay (default: test, the images no model was trained on)",
+    )
+
+    video = sources.add_parser(
+        "video",
+        parents=[common],
+        help="frames from a video file, an RTSP/HTTP stream or a USB camera",
+        description=(
+            "Frames from anything OpenCV's VideoCapture opens. With --loop a file restarts at its end and "
+            "a dropped stream reconnects."
+        ),
+    )
+    video.add_argument(
+        "uri", metavar="URI", help="video file path, rtsp:// or http:// URL, or a USB camera index such as 0"
+    )
+
+    for parser in (synthetic, folder, elpv, video):
+        parser.set_defaults(handler=run)
+
+
+def _common_options() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument(
+        "--endpoint",
+        default=DEFAULT_ENDPOINT,
+        help=(
+            "ZeroMQ endpoint the inspector binds, tcp://HOST:PORT or ipc:///PATH "
+            f"(default: {DEFAULT_ENDPOINT})"
+        ),
+    )
+    common.add_argument("--camera-id", default="cam-1", help="stable name of this camera (default: cam-1)")
+    common.add_argument("--station", default="station-1", help="inspection station name (default: station-1)")
+    common.add_argument(
+        "--fps", type=float, default=10.0, help="frames per second; 0 sends as fast as possible (default: 10)"
+    )
+    common.add_argument(
+        "--delivery",
+        choices=("lossless", "latest"),
+        default="lossless",
+        help=(
+            "lossless: every frame arrives, the camera waits when the inspector is behind; latest: never "
+            "wait, drop frames the inspector cannot take (default: lossless)"
+        ),
+    )
+    common.add_argument(
+        "--encoding",
+        choices=("raw", "jpeg"),
+        default="raw",
+        help="raw pixels, or JPEG-compress at the gateway for slow links (8-bit images only) (default: raw)",
+    )
+    common.add_argument(
+        "--jpeg-quality", type=int, default=90, help="JPEG quality 0..100 with --encoding jpeg (default: 90)"
+    )
+    common.add_argument("--loop", action="store_true", help="restart a folder or video file at its end")
+    common.add_argument("--max-frames", type=int, default=None, help="stop after this many frames")
+    common.add_argument("--seconds", type=float, default=None, help="stop after this many seconds")
+    return common
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run the camera until it stops; print its statistics as JSON on the last line of stdout."""
+    import json
+    import signal
+    import sys
+    import threading
+    from dataclasses import asdict
+
+    import cv2
+
+    from edge_inspect.camera_adapters.base import CameraConfig, SourceError, run_camera
+
+    # OpenCV writes its own unstructured warnings to stderr; our events say the same as JSON.
+    if getattr(args, "verbose", 0) < 2:
+        cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_SILENT)
+    try:
+        config = CameraConfig(
+            camera_id=args.camera_id,
+            station=args.station,
+            endpoint=args.endpoint,
+            delivery=args.delivery,
+            fps=args.fps,
+            encoding=args.encoding,
+            jpeg_quality=args.jpeg_quality,
+            loop=args.loop,
+            max_frames=args.max_frames,
+            seconds=args.seconds,
+        )
+        source = _build_source(args)
+    # RuntimeError: the ELPV package is missing; its message says how to install it.
+    except (RuntimeError, ValueError) as exc:
+        print(f"edge-inspect camera: {exc}", file=sys.stderr)
+        return 2
+
+    stop = threading.Event()
+    previous = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        stats = run_camera(source, config, stop)
+    except (SourceError, ValueError) as exc:
+        print(f"edge-inspect camera: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        # A video source holds its device from construction on, even when no frame was read.
+        close = getattr(source, "close", None)
+        if close is not None:
+            close()
+    summary = {"camera_id": config.camera_id, "source": args.source, **asdict(stats)}
+    unreadable = getattr(source, "unreadable", None)
+    if unreadable is not None:
+        summary["unreadable"] = unreadable
+    print(json.dumps(summary), flush=True)
+    return 0
+
+
+def _build_source(args: argparse.Namespace) -> FrameSource:
+    if args.source == "synthetic":
+        from edge_inspect.camera_adapters.synthetic import SyntheticSource
+
+        return SyntheticSource(args.width, args.height, args.channels, args.defect_rate, args.seed)
+    if args.source == "video":
+        from edge_inspect.camera_adapters.video import VideoSource
+
+        return VideoSource(args.uri, loop=args.loop)
+    from edge_inspect.camera_adapters.folder import FolderSource, elpv_paths, list_images
+
+    paths = list_images(args.path) if args.source == "folder" else elpv_paths(args.split)
+    return FolderSource(paths, loop=args.loop)
