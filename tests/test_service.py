@@ -50,7 +50,7 @@ def test_inspector_judges_records_publishes_and_delivers(toy_map_model_dir: Path
         rogue = ctx.socket(zmq.PUSH)  # a misbehaving client that ignores the contract
         rogue.connect(inspector.receiver.endpoint)
         rogue.send_multipart([b"{broken", b""])
-        header = FrameHeader("cam1", 9, "st1", 0, 60, 40, 1, "uint8", "jpeg")
+        header = FrameHeader("cam2", 0, "st1", 0, 60, 40, 1, "uint8", "jpeg")
         rogue.send_multipart([header.to_bytes(), b"\xff\xd8 truncated"])
         rogue.close(linger=1000)
         wait_until(lambda: inspector.summary()["inspected"] == 7, 20, "7 results")
