@@ -31,6 +31,7 @@ import numpy as np
 
 from edge_inspect.contracts import VERDICTS, ContractError, Defect, InspectionResult, ModelRef, StageTimings
 from edge_inspect.logs import log_event
+from edge_inspect.models.package import ModelCard
 from edge_inspect.rules import NORMALISED_THRESHOLD, QualityRules
 
 log = logging.getLogger(__name__)
@@ -40,7 +41,13 @@ ARCHIVED_VERDICTS = ("NG", "REVIEW")
 
 @dataclass(frozen=True)
 class InspectorConfig:
-    model_dir: Path
+    """`model_dir` serves one fixed package; `registry` + `model_name` serve the promoted version and
+    follow promotions while running (checked every `registry_poll_s`)."""
+
+    model_dir: Path | None = None
+    registry: Path | None = None
+    model_name: str | None = None
+    registry_poll_s: float = 2.0
     workdir: Path = Path("var/inspector")
     bind: str = "tcp://127.0.0.1:5555"
     results_bind: str | None = "tcp://127.0.0.1:5556"
@@ -57,6 +64,10 @@ class InspectorConfig:
     # Share of OK parts whose images are archived too, so retraining gets fresh good images.
     archive_ok_rate: float = 0.0
 
+    def __post_init__(self) -> None:
+        if (self.model_dir is None) == (self.registry is None or self.model_name is None):
+            raise ValueError("give either a model directory or a registry and a model name, not both")
+
     @property
     def db_path(self) -> Path:
         return self.workdir / "records.sqlite"
@@ -67,11 +78,44 @@ class InspectorConfig:
 
 
 @dataclass(frozen=True)
+class ActiveModel:
+    """Everything one model version needs to judge a batch; replaced whole on a swap."""
+
+    model: Any
+    card: ModelCard
+    ref: ModelRef
+    device: str
+    input_buffer: np.ndarray
+
+
+def load_active(package_dir: Path, config: InspectorConfig) -> ActiveModel:
+    """Load, verify (hash) and smoke-test a package; raises if it must not serve."""
+    from edge_inspect.infer import load_model
+    from edge_inspect.models.package import load_package
+
+    package = load_package(package_dir)
+    model = load_model(package, config.device, config.threads)
+    card = package.card
+    recipe = card.preprocess
+    buffer = np.empty((config.max_batch, recipe.channels, recipe.height, recipe.width), dtype=np.float32)
+    smoke = model.run(np.random.default_rng(0).standard_normal(buffer[:2].shape).astype(np.float32))
+    score = np.asarray(smoke[card.score_output])
+    if score.shape != (2,) or not np.isfinite(score).all():
+        raise RuntimeError(
+            f"model {card.name} {card.version} failed its smoke inference (score shape {score.shape}, "
+            f"finite: {bool(np.isfinite(score).all())}); it was not loaded"
+        )
+    device = "cuda" if model.provider.startswith("CUDA") else "cpu"
+    return ActiveModel(model, card, ModelRef(card.name, card.version, card.onnx_sha256), device, buffer)
+
+
+@dataclass(frozen=True)
 class Outcome:
     """One judged frame on its way to the sinks."""
 
     result: InspectionResult
     image: np.ndarray
+    device: str
 
 
 def should_archive(result: InspectionResult, ok_rate: float) -> bool:
@@ -104,20 +148,15 @@ class Inspector:
 
         from edge_inspect.batching import CameraQueues
         from edge_inspect.bus import FrameReceiver
-        from edge_inspect.infer import load_model
-        from edge_inspect.models.package import load_package
         from edge_inspect.sinks.metrics import InspectorMetrics
         from edge_inspect.sinks.record_store import RecordStore
 
         self.config = config
         config.workdir.mkdir(parents=True, exist_ok=True)
-        package = load_package(config.model_dir)
-        self.model = load_model(package, config.device, config.threads)
-        self.card = package.card
-        self.model_ref = ModelRef(self.card.name, self.card.version, self.card.onnx_sha256)
-        self.device = "cuda" if self.model.provider.startswith("CUDA") else "cpu"
         self.metrics = InspectorMetrics()
-        self.metrics.set_model(self.model_ref, self.card.family, self.model.provider)
+        self._promoted_version: str | None = None
+        self.active = load_active(self._initial_package_dir(), config)
+        self.metrics.set_model(self.active.ref, self.active.card.family, self.active.model.provider)
         self.metrics_server = (
             self.metrics.serve(config.metrics_port, config.metrics_addr)
             if config.metrics_port is not None
@@ -142,26 +181,19 @@ class Inspector:
         self._threads: list[threading.Thread] = []
         self._deliverer: Any = None
         self._seq = SeqTracker()
-        self._input_buffer = np.empty(
-            (
-                config.max_batch,
-                self.card.preprocess.channels,
-                self.card.preprocess.height,
-                self.card.preprocess.width,
-            ),
-            dtype=np.float32,
-        )
 
     # -- lifetime ---------------------------------------------------------------------------------
     def start(self) -> None:
+        if self.config.registry is not None:
+            self._threads.append(threading.Thread(target=self._watch_registry, name="edge-inspect-registry"))
         for name, target in (
             ("receiver", self._receive_loop),
             ("worker", self._work_loop),
             ("sink", self._sink_loop),
         ):
-            thread = threading.Thread(target=target, name=f"edge-inspect-{name}", daemon=True)
+            self._threads.append(threading.Thread(target=target, name=f"edge-inspect-{name}", daemon=True))
+        for thread in self._threads:
             thread.start()
-            self._threads.append(thread)
         if self.config.mes_url:
             from edge_inspect.sinks.mes_webhook import WebhookConfig, WebhookDeliverer
 
@@ -177,11 +209,11 @@ class Inspector:
             self._deliverer.start()
         log_event(
             log,
-            logging.WARNING if self.device == "cpu" else logging.INFO,
+            logging.WARNING if self.active.device == "cpu" else logging.INFO,
             "inspector_started",
-            model=f"{self.card.name}:{self.card.version}",
-            provider=self.model.provider,
-            device=self.device,
+            model=f"{self.active.card.name}:{self.active.card.version}",
+            provider=self.active.model.provider,
+            device=self.active.device,
             bind=self.receiver.endpoint,
             results=self.results_endpoint,
             metrics_port=self.metrics_server.port if self.metrics_server else None,
@@ -234,9 +266,65 @@ class Inspector:
             "dropped_by_reason": dict(totals["dropped"]),
             "malformed": sum(totals["malformed"].values()),
             "malformed_by_reason": dict(totals["malformed"]),
-            "provider": self.model.provider,
-            "model": f"{self.card.name}:{self.card.version}",
+            "provider": self.active.model.provider,
+            "model": f"{self.active.card.name}:{self.active.card.version}",
         }
+
+    # -- model source -----------------------------------------------------------------------------
+    def _initial_package_dir(self) -> Path:
+        from edge_inspect.model_registry import promoted
+
+        config = self.config
+        if config.model_dir is not None:
+            return config.model_dir
+        assert config.registry is not None and config.model_name is not None
+        promotion = promoted(config.registry, config.model_name)
+        if promotion is None:
+            raise RuntimeError(
+                f"no version of {config.model_name} is promoted in {config.registry}; run "
+                f"`edge-inspect models --registry {config.registry} promote {config.model_name} VERSION`"
+            )
+        self._promoted_version = promotion.version
+        return config.registry / config.model_name / promotion.version
+
+    def _watch_registry(self) -> None:
+        """Follow promotions; a package that fails its hash or smoke test is refused, the old one stays."""
+        from edge_inspect.model_registry import promoted
+
+        config = self.config
+        assert config.registry is not None and config.model_name is not None
+        while not self._stop_receiving.wait(config.registry_poll_s):
+            try:
+                promotion = promoted(config.registry, config.model_name)
+            except (OSError, ValueError) as exc:
+                log_event(log, logging.WARNING, "registry_unreadable", error=repr(exc))
+                continue
+            if promotion is None or promotion.version == self._promoted_version:
+                continue
+            self._promoted_version = promotion.version
+            try:
+                candidate = load_active(config.registry / config.model_name / promotion.version, config)
+            except Exception as exc:  # any failure to load keeps the serving model
+                self.metrics.model_swap("rejected")
+                log_event(
+                    log,
+                    logging.ERROR,
+                    "model_swap_rejected",
+                    version=promotion.version,
+                    error=str(exc),
+                    serving=self.active.ref.version,
+                )
+                continue
+            previous, self.active = self.active, candidate
+            self.metrics.set_model(candidate.ref, candidate.card.family, candidate.model.provider)
+            self.metrics.model_swap("swapped")
+            log_event(
+                log,
+                logging.WARNING,
+                "model_swapped",
+                previous=previous.ref.version,
+                version=candidate.ref.version,
+            )
 
     # -- receiver thread --------------------------------------------------------------------------
     def _receive_loop(self) -> None:
@@ -288,6 +376,8 @@ class Inspector:
         from edge_inspect.postprocess import Judgement, postprocess
         from edge_inspect.preprocess import preprocess_batch
 
+        # One model for the whole batch: a swap takes effect at the next batch, never inside one.
+        active = self.active
         t_batch = time.time_ns()
         frames, images, decode_ms = [], [], []
         for frame in batch:
@@ -303,10 +393,10 @@ class Inspector:
             return []
         self.metrics.observe_batch(len(frames))
         t0 = time.perf_counter()
-        inputs = preprocess_batch(images, self.card.preprocess, out=self._input_buffer)
+        inputs = preprocess_batch(images, active.card.preprocess, out=active.input_buffer)
         t1 = time.perf_counter()
         try:
-            outputs = self.model.run(inputs)
+            outputs = active.model.run(inputs)
         except Exception as exc:  # any runtime failure must still account for every frame
             self.metrics.inference_error()
             log_event(log, logging.ERROR, "inference_failed", error=repr(exc), batch=len(frames))
@@ -316,7 +406,7 @@ class Inspector:
         else:
             t2 = time.perf_counter()
             hws = [(img.shape[0], img.shape[1]) for img in images]
-            judgements = postprocess(outputs, self.card, self.config.rules, hws)
+            judgements = postprocess(outputs, active.card, self.config.rules, hws)
             t3 = time.perf_counter()
         preprocess_ms, infer_ms, post_ms = ((b - a) * 1e3 for a, b in ((t0, t1), (t1, t2), (t2, t3)))
         t_done = time.time_ns()
@@ -342,10 +432,10 @@ class Inspector:
                 score=judgement.score,
                 threshold=NORMALISED_THRESHOLD,
                 defects=judgement.defects,
-                model=self.model_ref,
+                model=active.ref,
                 timings_ms=timings,
             )
-            outcomes.append(Outcome(result, image))
+            outcomes.append(Outcome(result, image, active.device))
         return outcomes
 
     # -- sink thread ------------------------------------------------------------------------------
@@ -368,15 +458,17 @@ class Inspector:
         store.add_results(results, with_outbox=self._deliverer is not None)
         if self._deliverer is not None:
             self._deliverer.wake()
-        for result in results:
-            self.metrics.observe_result(result, self.device)
+        for result, outcome in zip(results, outcomes, strict=True):
+            self.metrics.observe_result(result, outcome.device)
             if self._publisher is not None:
                 self._publisher.send_multipart([result.camera_id.encode(), result.to_json().encode()])
 
 
 def config_from_args(args: argparse.Namespace) -> InspectorConfig:
     return InspectorConfig(
-        model_dir=Path(args.model),
+        model_dir=Path(args.model) if args.model else None,
+        registry=Path(args.registry) if args.registry else None,
+        model_name=args.model_name,
         workdir=Path(args.workdir),
         bind=args.bind,
         results_bind=args.results or None,
@@ -408,7 +500,7 @@ def run_until_signalled(config: InspectorConfig, seconds: float | None = None) -
                     "bind": inspector.receiver.endpoint,
                     "results": inspector.results_endpoint,
                     "metrics_port": inspector.metrics_server.port if inspector.metrics_server else None,
-                    "provider": inspector.model.provider,
+                    "provider": inspector.active.model.provider,
                 }
             ),
             flush=True,
@@ -431,7 +523,10 @@ def register(sub: argparse._SubParsersAction) -> None:
         "report. "
         "Prints a 'ready' JSON line when listening and a summary JSON line on exit (SIGINT/SIGTERM).",
     )
-    p.add_argument("--model", required=True, help="model package directory (model.onnx + model.json)")
+    source = p.add_mutually_exclusive_group(required=True)
+    source.add_argument("--model", help="model package directory (model.onnx + model.json)")
+    source.add_argument("--registry", help="model registry; serve the promoted version and follow promotions")
+    p.add_argument("--model-name", help="with --registry: the model to serve")
     p.add_argument(
         "--workdir", default="var/inspector", help="record database and image archive (default: %(default)s)"
     )

@@ -15,6 +15,7 @@ TOY_SIZE = 32
 
 def make_toy_package(directory: Path, with_map: bool = False, version: str = "1") -> Path:
     """score = mean (or, with a map, max) brightness in [0, 1]; map = per-pixel brightness."""
+    directory.mkdir(parents=True, exist_ok=True)
     image = helper.make_tensor_value_info("image", TensorProto.FLOAT, ["batch", 1, TOY_SIZE, TOY_SIZE])
     score = helper.make_tensor_value_info("score", TensorProto.FLOAT, ["batch"])
     axes = helper.make_tensor("axes", TensorProto.INT64, [3], [1, 2, 3])

@@ -121,6 +121,12 @@ class InspectorMetrics:
             "Batches whose inference raised an error.",
             registry=self.registry,
         )
+        self.model_swaps = Counter(
+            "edgeinspect_model_swaps",
+            "Promoted model versions: swapped in, or rejected (hash or smoke inference failed).",
+            ["outcome"],
+            registry=self.registry,
+        )
         # Outcomes appear at 0 from the start, so that rate() and alerts work before the first event.
         for outcome in DELIVERY_OUTCOMES:
             self.mes_deliveries.labels(outcome=outcome)
@@ -157,6 +163,9 @@ class InspectorMetrics:
 
     def inference_error(self) -> None:
         self.inference_errors.inc()
+
+    def model_swap(self, outcome: str) -> None:
+        self.model_swaps.labels(outcome=outcome).inc()
 
     def set_model(self, model: ModelRef, family: str, provider: str) -> None:
         """Publish the served model; call again after a model swap (the old labels are replaced)."""
