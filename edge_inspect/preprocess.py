@@ -18,7 +18,7 @@ import numpy as np
 
 ColourMode = Literal["rgb", "bgr", "mono"]
 # ITU-R BT.601 luma, the convention OpenCV uses for BGR to grey.
-_LUMA_BGR = np.array([0.114, 0.587, 0.299], dtype=np.float32)
+LUMA_BGR = np.array([0.114, 0.587, 0.299], dtype=np.float32)
 
 
 @dataclass(frozen=True)
@@ -100,7 +100,7 @@ def convert_colour(image: np.ndarray, colour: str) -> np.ndarray:
         return image
     if colour == "rgb":
         return image[:, :, ::-1]
-    return (image @ _LUMA_BGR)[:, :, None]
+    return (image @ LUMA_BGR)[:, :, None]
 
 
 def value_scale(dtype: np.dtype) -> float:
