@@ -15,7 +15,7 @@ from edge_inspect.logs import setup_logging
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from edge_inspect import demo, evaluate, labelling, model_registry, service, train
+    from edge_inspect import demo, evaluate, labelling, model_registry, retrain, service, train
     from edge_inspect.camera_adapters import cli as camera_cli
     from edge_inspect.sinks import record_store
 
@@ -28,7 +28,17 @@ def build_parser() -> argparse.ArgumentParser:
         "-v", "--verbose", action="count", default=0, help="more log output (-v info, -vv debug)"
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for module in (demo, camera_cli, service, train, evaluate, record_store, labelling, model_registry):
+    for module in (
+        demo,
+        camera_cli,
+        service,
+        train,
+        evaluate,
+        record_store,
+        labelling,
+        retrain,
+        model_registry,
+    ):
         module.register(sub)
     return parser
 

@@ -1,0 +1,221 @@
+"""`edge-inspect retrain`: a new model version from what the line collected, promoted only if not worse.
+
+1. Dataset: every result in the record store that a person labelled (`edge-inspect label`) and whose
+   image is archived, plus the previous training data (the serving model's, unless told otherwise).
+   A share of the line's labelled parts is held out, chosen by a hash of the result id so that it
+   never moves between runs.
+2. The dataset is written as a folder in the common layout (`train/good`, `train/defect`, `test/good`,
+   `test/defect`) of symbolic links: an auditable record of exactly what the new version saw.
+3. A new version is trained on it, then the serving version and the candidate are evaluated on the
+   same held-out images (`test/`), side by side.
+4. A candidate worse than the serving version (by more than `--tolerance` accuracy points) is refused,
+   saying by how much; otherwise it is published to the registry (and promoted with `--promote`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import zlib
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from edge_inspect.datasets import Sample
+
+GOOD, DEFECT = "good", "defect"
+
+
+@dataclass(frozen=True)
+class Decision:
+    publish: bool
+    reason: str
+
+
+def line_samples(db: Path) -> list[tuple[str, Sample]]:
+    """(result_id, sample) for each labelled result with an archived image; the latest label wins."""
+    from edge_inspect.sinks.record_store import RecordStore
+
+    found = []
+    with RecordStore(db) as store:
+        for label in store.labels(latest_only=True):
+            result = store.get(label.result_id)
+            if result is None or not result.image_path or not Path(result.image_path).is_file():
+                continue
+            probability = 1.0 if label.label == "NG" else 0.0
+            found.append((label.result_id, Sample(Path(result.image_path), probability, "line")))
+    return found
+
+
+def held_out(result_id: str, fraction: float) -> bool:
+    """Stable across runs and machines: the same part is always on the same side."""
+    return zlib.crc32(result_id.encode()) / 2**32 < fraction
+
+
+def materialise(root: Path, parts: dict[str, list[Sample]]) -> dict[str, int]:
+    """Write `root/<part>/{good,defect}/` as symbolic links to the images; returns counts per folder."""
+    counts: dict[str, int] = {}
+    for part, samples in parts.items():
+        for index, sample in enumerate(samples):
+            folder = root / part / (DEFECT if sample.defective else GOOD)
+            folder.mkdir(parents=True, exist_ok=True)
+            # The index keeps names unique when two sources share a file name.
+            link = folder / f"{index:06d}-{sample.path.name}"
+            os.symlink(sample.path.resolve(), link)
+            key = f"{part}/{folder.name}"
+            counts[key] = counts.get(key, 0) + 1
+    return counts
+
+
+def build_dataset(
+    db: Path, base_data: str | None, line_holdout: float, seed: int, root: Path
+) -> dict[str, Any]:
+    """Line labels + base training data → the dataset folder; returns a summary of what went where."""
+    from edge_inspect.train import dataset_splits
+
+    line = line_samples(db)
+    line_train = [s for rid, s in line if not held_out(rid, line_holdout)]
+    line_test = [s for rid, s in line if held_out(rid, line_holdout)]
+    train, test = list(line_train), list(line_test)
+    base_counts = {"train": 0, "test": 0}
+    if base_data:
+        splits, _ = dataset_splits(base_data, seed)
+        base_train = splits["train"] + splits["val"]  # validation is carved again from train/
+        train += base_train
+        test += splits["test"]
+        base_counts = {"train": len(base_train), "test": len(splits["test"])}
+    if not test:
+        raise ValueError(
+            "nothing to compare on: no held-out images (give --base-data with a test split, or raise "
+            "--line-holdout so some labelled line parts are held out)"
+        )
+    counts = materialise(root, {"train": train, "test": test})
+    return {
+        "line_labelled": len(line),
+        "line_train": len(line_train),
+        "line_held_out": len(line_test),
+        "base_data": base_data,
+        "base_train": base_counts["train"],
+        "base_test": base_counts["test"],
+        "folders": counts,
+    }
+
+
+def decide(serving: dict[str, Any], candidate: dict[str, Any], tolerance_points: float) -> Decision:
+    """Refuse a candidate whose accuracy is lower than the serving version's by more than the tolerance."""
+    delta = 100.0 * (candidate["accuracy"] - serving["accuracy"])
+    summary = (
+        f"candidate accuracy {candidate['accuracy']:.4f} vs serving {serving['accuracy']:.4f} "
+        f"({delta:+.2f} points) on the same {candidate['n']} held-out images"
+    )
+    if delta < -tolerance_points:
+        return Decision(False, f"refused: {summary}; it is worse by {-delta:.2f} points")
+    return Decision(True, f"accepted: {summary}")
+
+
+def serving_package_dir(registry: Path, name: str) -> Path:
+    from edge_inspect.model_registry import promoted
+
+    promotion = promoted(registry, name)
+    if promotion is None:
+        raise ValueError(
+            f"no version of {name} is promoted in {registry}; promote one first "
+            f"(`edge-inspect models --registry {registry} promote {name} VERSION`)"
+        )
+    return registry / name / promotion.version
+
+
+def retrain(args: argparse.Namespace) -> dict[str, Any]:
+    from edge_inspect.evaluate import evaluate_package
+    from edge_inspect.model_registry import promote, publish
+    from edge_inspect.models.package import load_package
+    from edge_inspect.train import TrainConfig, train_classifier
+
+    registry = Path(args.registry)
+    serving_dir = serving_package_dir(registry, args.model_name)
+    serving_card = load_package(serving_dir).card
+    if serving_card.family != "classifier":
+        raise ValueError(
+            f"retrain supports the classifier family; {args.model_name} is {serving_card.family}"
+        )
+    base = serving_card.training.get("data") if args.base_data is None else args.base_data
+    base = None if base in (None, "none") else base
+    run_dir = Path(args.workdir) / datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
+    dataset = build_dataset(Path(args.db), base, args.line_holdout, args.seed, run_dir / "dataset")
+    config = TrainConfig(
+        out=run_dir / "candidate",
+        data=str(run_dir / "dataset"),
+        recipe=args.recipe or serving_card.training.get("recipe", "finetune"),
+        epochs=args.epochs or int(serving_card.training.get("epochs", 12)),
+        input_size=serving_card.preprocess.height,
+        seed=args.seed,
+        limit=args.limit,
+        name=args.model_name,
+        progress=not args.no_progress,
+    )
+    candidate = train_classifier(config)
+    held = str(run_dir / "dataset")
+    progress = not args.no_progress
+    serving_metrics = evaluate_package(serving_dir, data=held, split="test", progress=progress)
+    candidate_metrics = evaluate_package(candidate.path, data=held, split="test", progress=progress)
+    decision = decide(serving_metrics, candidate_metrics, args.tolerance)
+    outcome: dict[str, Any] = {
+        "dataset": dataset,
+        "serving": {"version": serving_card.version, **_headline(serving_metrics)},
+        "candidate": {"version": candidate.card.version, **_headline(candidate_metrics)},
+        "decision": decision.reason,
+        "published": False,
+        "promoted": False,
+    }
+    if decision.publish:
+        publish(registry, candidate.path)
+        outcome["published"] = True
+        if args.promote:
+            promote(registry, args.model_name, candidate.card.version, by="retrain")
+            outcome["promoted"] = True
+    return outcome
+
+
+def _headline(metrics: dict[str, Any]) -> dict[str, Any]:
+    return {k: metrics[k] for k in ("n", "accuracy", "f1", "auroc", "precision", "recall")}
+
+
+def _cli(args: argparse.Namespace) -> int:
+    try:
+        outcome = retrain(args)
+    except ValueError as exc:
+        print(f"edge-inspect retrain: {exc}", file=sys.stderr)
+        return 2
+    print(outcome["decision"], file=sys.stderr)
+    print(json.dumps(outcome))
+    return 0 if outcome["published"] else 1
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "retrain",
+        help="train a new version from the line's labelled parts; publish it only if not worse",
+        description=(__doc__ or "").split("\n\n", 1)[1],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--db", default="var/inspector/records.sqlite", help="record store (default: %(default)s)")
+    p.add_argument("--registry", required=True, help="model registry")
+    p.add_argument("--model-name", required=True, help="the model to retrain (its promoted version serves)")
+    p.add_argument(
+        "--base-data",
+        default=None,
+        help="previous training data: 'elpv', a folder, or 'none' (default: the serving model's)",
+    )
+    p.add_argument("--line-holdout", type=float, default=0.2, help="share of line labels held out (0.2)")
+    p.add_argument("--tolerance", type=float, default=0.0, help="accuracy points the candidate may lose (0)")
+    p.add_argument("--promote", action="store_true", help="promote the new version when it is accepted")
+    p.add_argument("--recipe", default=None, help="training recipe (default: the serving model's)")
+    p.add_argument("--epochs", type=int, default=None, help="epochs (default: the serving model's)")
+    p.add_argument("--seed", type=int, default=0, help="split and training seed")
+    p.add_argument("--limit", type=int, default=None, help="at most N train and N val images (quick runs)")
+    p.add_argument("--workdir", default="var/retrain", help="datasets and candidates (default: %(default)s)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.set_defaults(handler=_cli)

@@ -1,0 +1,112 @@
+"""Retraining from the record store: dataset from labels, side-by-side evaluation, refusal when worse."""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+from pathlib import Path
+
+import pytest
+
+from edge_inspect.contracts import InspectionResult, ModelRef, StageTimings
+from edge_inspect.datasets import elpv_split
+from edge_inspect.model_registry import promote, promoted, publish, versions
+from edge_inspect.retrain import decide, held_out, retrain
+from edge_inspect.sinks.record_store import RecordStore
+from edge_inspect.train import TrainConfig, train_classifier
+
+pytestmark = pytest.mark.slow
+NAME = "elpv-cls"
+
+
+def seeded_store(tmp_path: Path, per_class: int) -> Path:
+    """A record store as a line would leave it: archived images of judged parts, labelled by a person."""
+    train = elpv_split()["train"]
+    picked = [s for s in train if s.defective][:per_class] + [s for s in train if s.probability == 0][
+        :per_class
+    ]
+    db, archive = tmp_path / "records.sqlite", tmp_path / "archive"
+    archive.mkdir()
+    with RecordStore(db) as store:
+        for seq, sample in enumerate(picked):
+            image = archive / sample.path.name
+            shutil.copy(sample.path, image)
+            result = InspectionResult(
+                "cam",
+                seq,
+                sample.path.stem,
+                "st",
+                seq,
+                "REVIEW",
+                0.5,
+                0.5,
+                [],
+                ModelRef(NAME, "0", "x"),
+                StageTimings(),
+                image_path=str(image),
+            )
+            store.add_results([result], with_outbox=False)
+            store.add_label(result.result_id, "NG" if sample.defective else "OK", "inspector-ana")
+    return db
+
+
+def test_decision_refuses_a_worse_candidate_and_says_by_how_much() -> None:
+    serving = {"accuracy": 0.90, "n": 100}
+    assert decide(serving, {"accuracy": 0.905, "n": 100}, 0.0).publish
+    refused = decide(serving, {"accuracy": 0.87, "n": 100}, 0.0)
+    assert not refused.publish and "worse by 3.00 points" in refused.reason
+    assert decide(serving, {"accuracy": 0.895, "n": 100}, tolerance_points=1.0).publish
+
+
+def test_holdout_is_stable_and_near_the_fraction() -> None:
+    ids = [f"cam:{i}:{i}" for i in range(4000)]
+    first = [held_out(i, 0.2) for i in ids]
+    assert first == [held_out(i, 0.2) for i in ids]
+    assert 0.17 < sum(first) / len(ids) < 0.23
+
+
+def test_retrain_builds_the_dataset_compares_side_by_side_and_publishes(tmp_path: Path) -> None:
+    db = seeded_store(tmp_path, per_class=20)
+    registry = tmp_path / "registry"
+    serving = train_classifier(
+        TrainConfig(
+            out=tmp_path / "serving",
+            recipe="linear-probe",
+            input_size=64,
+            limit=12,
+            name=NAME,
+            progress=False,
+        )
+    )
+    publish(registry, serving.path)
+    promote(registry, NAME, serving.card.version)
+    args = argparse.Namespace(
+        db=str(db),
+        registry=str(registry),
+        model_name=NAME,
+        base_data="none",
+        line_holdout=0.5,
+        tolerance=100.0,
+        promote=True,
+        recipe="linear-probe",
+        epochs=1,
+        seed=0,
+        limit=None,
+        workdir=str(tmp_path / "retrain"),
+        no_progress=True,
+    )
+    outcome = retrain(args)
+    dataset = outcome["dataset"]
+    assert dataset["line_labelled"] == 40 and dataset["base_train"] == 0
+    assert dataset["line_train"] + dataset["line_held_out"] == 40
+    folders = dataset["folders"]
+    assert folders["test/good"] + folders["test/defect"] == dataset["line_held_out"]
+    links = list((tmp_path / "retrain").glob("*/dataset/train/*/*.png"))
+    assert len(links) == dataset["line_train"] and all(
+        p.is_symlink() and p.resolve().is_file() for p in links
+    )
+    # Both versions judged the very same held-out images.
+    assert outcome["serving"]["n"] == outcome["candidate"]["n"] == dataset["line_held_out"]
+    assert outcome["published"] and outcome["promoted"]
+    assert outcome["candidate"]["version"] in versions(registry, NAME)
+    assert promoted(registry, NAME).version == outcome["candidate"]["version"]
