@@ -71,9 +71,12 @@ def materialise(root: Path, parts: dict[str, list[Sample]]) -> dict[str, int]:
 
 
 def build_dataset(
-    db: Path, base_data: str | None, line_holdout: float, seed: int, root: Path
+    db: Path, base_data: str | None, test_data: str | None, line_holdout: float, seed: int, root: Path
 ) -> dict[str, Any]:
-    """Line labels + base training data → the dataset folder; returns a summary of what went where."""
+    """Line labels + base training data → the dataset folder; returns a summary of what went where.
+
+    `test_data`'s test split joins the held-out images only (it is never trained on).
+    """
     from edge_inspect.train import dataset_splits
 
     line = line_samples(db)
@@ -87,10 +90,14 @@ def build_dataset(
         train += base_train
         test += splits["test"]
         base_counts = {"train": len(base_train), "test": len(splits["test"])}
+    if test_data and test_data != base_data:
+        extra_test = dataset_splits(test_data, seed)[0]["test"]
+        test += extra_test
+        base_counts["test"] += len(extra_test)
     if not test:
         raise ValueError(
-            "nothing to compare on: no held-out images (give --base-data with a test split, or raise "
-            "--line-holdout so some labelled line parts are held out)"
+            "nothing to compare on: no held-out images (give --base-data or --test-data with a test "
+            "split, or raise --line-holdout so some labelled line parts are held out)"
         )
     counts = materialise(root, {"train": train, "test": test})
     return {
@@ -98,6 +105,7 @@ def build_dataset(
         "line_train": len(line_train),
         "line_held_out": len(line_test),
         "base_data": base_data,
+        "test_data": test_data,
         "base_train": base_counts["train"],
         "base_test": base_counts["test"],
         "folders": counts,
@@ -144,7 +152,8 @@ def retrain(args: argparse.Namespace) -> dict[str, Any]:
     base = serving_card.training.get("data") if args.base_data is None else args.base_data
     base = None if base in (None, "none") else base
     run_dir = Path(args.workdir) / datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
-    dataset = build_dataset(Path(args.db), base, args.line_holdout, args.seed, run_dir / "dataset")
+    test_data = None if args.test_data in (None, "none") else args.test_data
+    dataset = build_dataset(Path(args.db), base, test_data, args.line_holdout, args.seed, run_dir / "dataset")
     config = TrainConfig(
         out=run_dir / "candidate",
         data=str(run_dir / "dataset"),
@@ -208,6 +217,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--base-data",
         default=None,
         help="previous training data: 'elpv', a folder, or 'none' (default: the serving model's)",
+    )
+    p.add_argument(
+        "--test-data", default=None, help="also compare on this data's test split ('elpv' or a folder)"
     )
     p.add_argument("--line-holdout", type=float, default=0.2, help="share of line labels held out (0.2)")
     p.add_argument("--tolerance", type=float, default=0.0, help="accuracy points the candidate may lose (0)")
