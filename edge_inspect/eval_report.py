@@ -123,7 +123,7 @@ def _image_grid(path: Path, false_rejects: list[ScoredImage], misses: list[Score
     import matplotlib.pyplot as plt
 
     columns = max(len(false_rejects), len(misses), 1)
-    fig, axes = plt.subplots(2, columns, figsize=(2 * columns, 4.6), squeeze=False)
+    fig, axes = plt.subplots(2, columns, figsize=(2 * max(columns, 3), 4.8), squeeze=False)
     for row, (kind, items) in enumerate((("false reject", false_rejects), ("miss", misses))):
         for col in range(columns):
             ax = axes[row][col]
@@ -136,7 +136,9 @@ def _image_grid(path: Path, false_rejects: list[ScoredImage], misses: list[Score
                 ax.set_title(
                     f"{kind}\n{Path(items[col].relative_path).name}\nscore {items[col].score:.2f}", fontsize=7
                 )
-    fig.suptitle("Worst false rejects (top: good parts rejected) and misses (bottom: defects passed)")
+    fig.suptitle(
+        "Worst false rejects (top: good parts rejected)\nand misses (bottom: defects passed)", fontsize=9
+    )
     return _save(fig, path)
 
 
