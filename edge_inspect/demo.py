@@ -120,6 +120,12 @@ def run_demo(workdir: Path, seconds: float | None, fps: float, as_json: bool) ->
 
     paths = DemoPaths(workdir)
     view = sys.stderr if as_json else sys.stdout
+    print(
+        f"Preparing the demo model in {paths.model_dir} (trained on the first run, about 2-4 minutes on 2 "
+        "CPU cores; cached after that)…",
+        file=view,
+        flush=True,
+    )
     model_dir = prepare_demo_model(paths.model_dir, progress=True)
     bus = f"tcp://127.0.0.1:{free_port()}"
     results = f"tcp://127.0.0.1:{free_port()}"
