@@ -1,0 +1,217 @@
+"""`edge-inspect eval MODEL_DIR`: a packaged model's metrics on one split, through the inspector's path.
+
+The package is loaded and hash-verified exactly as the inspector loads it, images go through the shared
+`preprocess` with the card's recipe and through ONNX Runtime, and verdicts come from `rules`, so the
+figures describe what the line will see, not what torch saw during training.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edge_inspect.models.package import ModelPackageError, Thresholds, load_package
+from edge_inspect.preprocess import preprocess_batch
+from edge_inspect.rules import QualityRules, judge, normalise_scores
+
+EVAL_BATCH = 32
+
+
+def compute_metrics(labels: np.ndarray, scores: np.ndarray, threshold: float) -> dict[str, Any]:
+    """Binary metrics of the defective class; a part is predicted defective when score >= threshold.
+
+    AUROC is None when the labels hold only one class (it is undefined there).
+    """
+    from sklearn.metrics import roc_auc_score
+
+    truth = np.asarray(labels, dtype=bool)
+    predicted = np.asarray(scores, dtype=np.float64) >= threshold
+    tp = int(np.sum(truth & predicted))
+    tn = int(np.sum(~truth & ~predicted))
+    fp = int(np.sum(~truth & predicted))
+    fn = int(np.sum(truth & ~predicted))
+    n = truth.size
+    precision = tp / (tp + fp) if tp + fp else 0.0
+    recall = tp / (tp + fn) if tp + fn else 0.0
+    f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
+    both_classes = 0 < int(truth.sum()) < n
+    return {
+        "n": n,
+        "n_defective": int(truth.sum()),
+        "threshold": float(threshold),
+        "accuracy": (tp + tn) / n if n else 0.0,
+        "precision": precision,
+        "recall": recall,
+        "f1": f1,
+        "auroc": float(roc_auc_score(truth, scores)) if both_classes else None,
+        "confusion": {"tn": tn, "fp": fp, "fn": fn, "tp": tp},
+    }
+
+
+def best_threshold(labels: np.ndarray, scores: np.ndarray, low: float = 0.02, high: float = 0.98) -> float:
+    """The accuracy-maximising threshold within [low, high]; ties go to the one nearest 0.5.
+
+    Candidates are midpoints between neighbouring distinct scores, so the choice sits in a gap rather
+    than on a validation image's exact score. Use it on validation data only.
+    """
+    truth = np.asarray(labels, dtype=bool)
+    distinct = np.unique(np.asarray(scores, dtype=np.float64))
+    candidates = np.clip(np.append((distinct[:-1] + distinct[1:]) / 2, 0.5), low, high)
+    accuracy = np.array([np.mean((scores >= t) == truth) for t in candidates])
+    best = np.flatnonzero(accuracy == accuracy.max())
+    return float(candidates[best[np.argmin(np.abs(candidates[best] - 0.5))]])
+
+
+def verdicts(scores: np.ndarray, thresholds: Thresholds) -> list[str]:
+    """OK / NG / REVIEW per raw score, through the inspector's rules with default quality rules."""
+    normalised = normalise_scores(scores, thresholds)
+    return [judge(float(s), [], thresholds, QualityRules()) for s in normalised]
+
+
+def review_metrics(labels: np.ndarray, scores: np.ndarray, thresholds: Thresholds) -> dict[str, Any]:
+    """How many parts go to REVIEW, and the accuracy on the parts decided automatically."""
+    decided = np.array([v != "REVIEW" for v in verdicts(scores, thresholds)])
+    truth = np.asarray(labels, dtype=bool)[decided]
+    predicted = np.asarray(scores)[decided] >= thresholds.threshold
+    return {
+        "review_rate": float(1.0 - decided.mean()) if decided.size else 0.0,
+        "accuracy_decided": float(np.mean(truth == predicted)) if truth.size else None,
+    }
+
+
+def evaluate_package(
+    model_dir: Path,
+    data: str = "elpv",
+    split: str = "test",
+    device: str = "auto",
+    limit: int | None = None,
+    progress: bool = True,
+) -> dict[str, Any]:
+    from tqdm import tqdm
+
+    from edge_inspect.infer import load_model
+    from edge_inspect.train import dataset_splits, limit_samples, load_images
+
+    package = load_package(model_dir)
+    card = package.card
+    seed = int(card.training.get("split_seed", 0))
+    splits, _ = dataset_splits(data, seed)
+    if split not in splits:
+        raise ValueError(f"split {split!r} does not exist for data {data!r}; choose from {sorted(splits)}")
+    samples = limit_samples(splits[split], limit, seed)
+    images = load_images(samples, progress=progress, desc=f"read {split}")
+    model = load_model(package, device=device)
+    started = time.perf_counter()
+    scores: list[np.ndarray] = []
+    for start in tqdm(range(0, len(images), EVAL_BATCH), desc="evaluate", unit="batch", disable=not progress):
+        batch = preprocess_batch(images[start : start + EVAL_BATCH], card.preprocess)
+        scores.append(model.run(batch)[card.score_output].reshape(-1))
+    seconds = time.perf_counter() - started
+    all_scores = np.concatenate(scores) if scores else np.zeros(0, dtype=np.float32)
+    labels = np.array([s.defective for s in samples], dtype=bool)
+    return {
+        "model": card.name,
+        "model_version": card.version,
+        "model_dir": str(package.path),
+        "family": card.family,
+        "data": data,
+        "split": split,
+        "provider": model.provider,
+        **compute_metrics(labels, all_scores, card.thresholds.threshold),
+        "review_band": card.thresholds.review_band,
+        **review_metrics(labels, all_scores, card.thresholds),
+        "seconds": round(seconds, 3),
+        "images_per_second": round(len(images) / seconds, 1) if seconds > 0 else None,
+    }
+
+
+def format_report(result: dict[str, Any]) -> str:
+    confusion = result["confusion"]
+    auroc = "n/a (one class only)" if result["auroc"] is None else f"{result['auroc']:.4f}"
+    decided = result["accuracy_decided"]
+    return "\n".join(
+        [
+            f"model      {result['model']} {result['model_version']} ({result['family']}) on "
+            f"{result['provider']}",
+            f"split      {result['split']} of {result['data']}: n={result['n']}, "
+            f"{result['n_defective']} defective",
+            f"accuracy   {result['accuracy']:.4f}",
+            f"precision  {result['precision']:.4f}",
+            f"recall     {result['recall']:.4f}",
+            f"f1         {result['f1']:.4f}",
+            f"auroc      {auroc}",
+            f"threshold  {result['threshold']:.4f} (review band ±{result['review_band']} normalised)",
+            f"review     {result['review_rate']:.1%} of parts; accuracy on the rest "
+            + ("n/a" if decided is None else f"{decided:.4f}"),
+            "confusion  predicted OK / NG",
+            f"  good     {confusion['tn']:>6} {confusion['fp']:>6}",
+            f"  defect   {confusion['fn']:>6} {confusion['tp']:>6}",
+            f"speed      {result['images_per_second']} images/s (preprocess + inference)",
+        ]
+    )
+
+
+def handle_eval(args: argparse.Namespace) -> int:
+    try:
+        result = evaluate_package(
+            Path(args.model_dir),
+            data=args.data,
+            split=args.split,
+            device=args.device,
+            limit=args.limit,
+            progress=not args.no_progress,
+        )
+    except (ModelPackageError, ValueError, RuntimeError) as exc:
+        print(f"edge-inspect eval: {exc}", file=sys.stderr)
+        return 2
+    print(format_report(result))
+    if args.json:
+        print(json.dumps(result, sort_keys=True))
+    return 0
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "model_dir", metavar="MODEL_DIR", help="model package directory (model.onnx + model.json)"
+    )
+    parser.add_argument(
+        "--data", default="elpv", help="'elpv' or a folder with train/ and test/ (default elpv)"
+    )
+    parser.add_argument("--split", default="test", choices=("train", "val", "test"), help="default test")
+    parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"), help="default auto")
+    parser.add_argument("--limit", type=int, default=None, help="evaluate at most N images (quick checks)")
+    parser.add_argument("--json", action="store_true", help="also print the metrics as one JSON line, last")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    parser = sub.add_parser(
+        "eval",
+        help="metrics of a model package on a data split",
+        description="Evaluate a model package (hash-verified) through ONNX Runtime on one data split.",
+    )
+    add_arguments(parser)
+    parser.set_defaults(handler=handle_eval)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """`python -m edge_inspect.evaluate MODEL_DIR ...`: the eval command without the other subcommands."""
+    from edge_inspect.logs import setup_logging
+
+    parser = argparse.ArgumentParser(prog="python -m edge_inspect.evaluate")
+    parser.add_argument("-v", "--verbose", action="count", default=0)
+    add_arguments(parser)
+    args = parser.parse_args(argv)
+    setup_logging(args.verbose)
+    return handle_eval(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,148 @@
+"""From a trained torch module to a verified model package (model.onnx + model.json).
+
+The graph takes `image` (N, C, H, W) float32 with a dynamic batch axis and returns `score` (N,). Every
+export is checked three ways before the package is written: the ONNX checker, the input/output
+contract the inspector relies on, and ONNX Runtime against torch on real inputs.
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from edge_inspect.logs import log_event
+from edge_inspect.models.package import ModelCard, ModelPackage, Thresholds, write_package
+from edge_inspect.preprocess import PreprocessRecipe
+
+if TYPE_CHECKING:
+    from torch import nn
+
+log = logging.getLogger(__name__)
+
+INPUT_NAME = "image"
+SCORE_NAME = "score"
+# The example batch has 2 images: an example of 1 lets the exporter specialise the batch axis to 1.
+EXAMPLE_BATCH = 2
+PARITY_TOLERANCE = 1e-4
+
+
+class ExportError(RuntimeError):
+    """An exported graph that must not be packaged."""
+
+
+def export_onnx(model: nn.Module, path: Path, input_shape: tuple[int, int, int]) -> None:
+    """Write `model` (eval mode, contiguous weights) to `path` as a single self-contained ONNX file."""
+    import torch
+
+    model = model.eval().to(memory_format=torch.contiguous_format)
+    example = torch.zeros((EXAMPLE_BATCH, *input_shape), dtype=torch.float32)
+    batch = torch.export.Dim("batch", min=1, max=4096)
+    # The dynamo exporter (torch.export) is the supported path in torch 2.14; it has handled every
+    # module here, so the legacy TorchScript exporter is deliberately not kept as a fallback.
+    program = torch.onnx.export(
+        model,
+        (example,),
+        input_names=[INPUT_NAME],
+        output_names=[SCORE_NAME],
+        dynamic_shapes=({0: batch},),
+        dynamo=True,
+        external_data=False,
+        verbose=False,
+    )
+    if program is None:
+        raise ExportError("torch.onnx.export returned no program; cannot save the ONNX graph")
+    program.save(str(path))
+
+
+def check_onnx(path: Path, input_shape: tuple[int, int, int]) -> None:
+    """The ONNX checker plus the contract the inspector relies on: names, shapes, a symbolic batch axis."""
+    import onnx
+
+    model = onnx.load(str(path))
+    onnx.checker.check_model(model, full_check=True)
+    inputs = {i.name: i for i in model.graph.input}
+    outputs = {o.name: o for o in model.graph.output}
+    if list(inputs) != [INPUT_NAME] or SCORE_NAME not in outputs:
+        raise ExportError(
+            f"{path}: graph inputs {list(inputs)} / outputs {list(outputs)}; expected input "
+            f"{INPUT_NAME!r} and output {SCORE_NAME!r}"
+        )
+    dims = inputs[INPUT_NAME].type.tensor_type.shape.dim
+    if not dims[0].dim_param or tuple(d.dim_value for d in dims[1:]) != input_shape:
+        raise ExportError(
+            f"{path}: input {INPUT_NAME!r} has shape {[d.dim_param or d.dim_value for d in dims]}; "
+            f"expected [batch, {', '.join(map(str, input_shape))}] with a symbolic batch axis"
+        )
+    score_dims = outputs[SCORE_NAME].type.tensor_type.shape.dim
+    if len(score_dims) != 1 or score_dims[0].dim_param != dims[0].dim_param:
+        raise ExportError(f"{path}: output {SCORE_NAME!r} must have shape (batch,)")
+
+
+def parity_error(model: nn.Module, path: Path, images: np.ndarray) -> float:
+    """Largest |torch - ONNX Runtime| score difference on `images` (N, C, H, W) float32, on the CPU."""
+    import onnxruntime as ort
+    import torch
+
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    session = ort.InferenceSession(str(path), sess_options=options, providers=["CPUExecutionProvider"])
+    onnx_scores = session.run([SCORE_NAME], {INPUT_NAME: images})[0]
+    with torch.no_grad():
+        torch_scores = model.eval()(torch.from_numpy(images)).numpy()
+    return float(np.max(np.abs(onnx_scores - torch_scores)))
+
+
+def probability_thresholds(threshold: float, review_band: float) -> Thresholds:
+    """Thresholds for a model whose score is a probability: raw 0 and 1 are the ends of the scale."""
+    return Thresholds(threshold=threshold, score_low=0.0, score_high=1.0, review_band=review_band)
+
+
+def classifier_card(
+    name: str,
+    version: str,
+    recipe: PreprocessRecipe,
+    thresholds: Thresholds,
+    metrics: dict[str, Any],
+    training: dict[str, Any],
+) -> ModelCard:
+    return ModelCard(
+        name=name,
+        version=version,
+        family="classifier",
+        preprocess=recipe,
+        thresholds=thresholds,
+        score_output=SCORE_NAME,
+        map_output=None,
+        classes=("defect",),
+        metrics=metrics,
+        training=training,
+        created_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    )
+
+
+def export_package(
+    model: nn.Module, directory: Path, card: ModelCard, parity_images: np.ndarray
+) -> ModelPackage:
+    """Export, check and package `model`; `parity_images` are real preprocessed inputs (N, C, H, W)."""
+    recipe = card.preprocess
+    input_shape = (recipe.channels, recipe.height, recipe.width)
+    directory.mkdir(parents=True, exist_ok=True)
+    staging = directory / "model.onnx.partial"
+    try:
+        export_onnx(model, staging, input_shape)
+        check_onnx(staging, input_shape)
+        error = parity_error(model, staging, np.ascontiguousarray(parity_images, dtype=np.float32))
+        if error > PARITY_TOLERANCE:
+            raise ExportError(
+                f"ONNX Runtime and torch disagree by {error:.2e} (> {PARITY_TOLERANCE:.0e}) on the same "
+                "inputs; the exported graph is not the trained model; do not ship it"
+            )
+        package = write_package(directory, staging, card)
+    finally:
+        staging.unlink(missing_ok=True)
+    log_event(log, logging.INFO, "model_exported", path=str(directory), parity_error=error, name=card.name)
+    return package

