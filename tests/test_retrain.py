@@ -85,6 +85,7 @@ def test_retrain_builds_the_dataset_compares_side_by_side_and_publishes(tmp_path
         registry=str(registry),
         model_name=NAME,
         base_data="none",
+        test_data=None,
         line_holdout=0.5,
         tolerance=100.0,
         promote=True,
