@@ -76,6 +76,8 @@ def load_model(package: ModelPackage, device: str = "auto", threads: int = 0) ->
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     options.intra_op_num_threads = threads
     options.log_severity_level = 3
+    # Idle intra-op threads otherwise spin on the cores that the receiver, preprocessing and sinks need.
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     providers = choose_providers(device)
     session = ort.InferenceSession(str(package.onnx_path), sess_options=options, providers=providers)
     card = package.card

@@ -12,6 +12,7 @@ align_corners=False, antialias=False)`): pixel centres at +0.5, source coordinat
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
+from functools import lru_cache
 from typing import Any, Literal
 
 import numpy as np
@@ -60,13 +61,17 @@ class PreprocessRecipe:
         return cls(**fields)
 
 
+@lru_cache(maxsize=64)
 def source_coords(in_len: int, out_len: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """For each output index: the two source indices and the weight of the second."""
+    """For each output index: the two source indices and the weight of the second (cached, read-only)."""
     scale = in_len / out_len
     src = np.maximum((np.arange(out_len, dtype=np.float64) + 0.5) * scale - 0.5, 0.0)
     lo = np.minimum(np.floor(src).astype(np.int64), in_len - 1)
     hi = np.minimum(lo + 1, in_len - 1)
-    return lo, hi, (src - lo).astype(np.float32)
+    tables = (lo, hi, (src - lo).astype(np.float32))
+    for table in tables:
+        table.flags.writeable = False
+    return tables
 
 
 def resize_bilinear(image: np.ndarray, height: int, width: int) -> np.ndarray:
@@ -74,8 +79,7 @@ def resize_bilinear(image: np.ndarray, height: int, width: int) -> np.ndarray:
     y0, y1, wy = source_coords(image.shape[0], height)
     x0, x1, wx = source_coords(image.shape[1], width)
     top = image[y0].astype(np.float32)
-    bottom = image[y1].astype(np.float32)
-    rows = top + (bottom - top) * wy[:, None, None]
+    rows = top + (image[y1] - top) * wy[:, None, None]
     left = rows[:, x0]
     return left + (rows[:, x1] - left) * wx[None, :, None]
 
@@ -92,15 +96,16 @@ def crop(frame: np.ndarray, roi: tuple[int, int, int, int] | None) -> np.ndarray
     return frame[y : y + h, x : x + w]
 
 
-def convert_colour(image: np.ndarray, colour: str) -> np.ndarray:
-    """(H, W, 1) mono or (H, W, 3) BGR float image to the model's colour mode."""
+def colour_planes(image: np.ndarray, colour: str) -> list[np.ndarray]:
+    """(H, W, 1) mono or (H, W, 3) BGR float image to one (H, W) plane per model input channel."""
     if image.shape[2] == 1:
-        return image if colour == "mono" else np.repeat(image, 3, axis=2)
+        plane = image[:, :, 0]
+        return [plane] if colour == "mono" else [plane, plane, plane]
     if colour == "bgr":
-        return image
+        return [image[:, :, 0], image[:, :, 1], image[:, :, 2]]
     if colour == "rgb":
-        return image[:, :, ::-1]
-    return (image @ LUMA_BGR)[:, :, None]
+        return [image[:, :, 2], image[:, :, 1], image[:, :, 0]]
+    return [image @ LUMA_BGR]
 
 
 def value_scale(dtype: np.dtype) -> float:
@@ -108,19 +113,35 @@ def value_scale(dtype: np.dtype) -> float:
     return 1.0 / float(np.iinfo(dtype).max)
 
 
-def preprocess(frame: np.ndarray, recipe: PreprocessRecipe) -> np.ndarray:
-    """One (H, W) or (H, W, C) uint8/uint16 frame to a (C, height, width) float32 model input."""
+def _as_hwc(frame: np.ndarray) -> np.ndarray:
     if frame.ndim == 2:
         frame = frame[:, :, None]
     if frame.ndim != 3 or frame.shape[2] not in (1, 3):
         raise ValueError(f"frame shape {frame.shape} is not (H, W), (H, W, 1) or (H, W, 3)")
-    resized = resize_bilinear(crop(frame, recipe.roi), recipe.height, recipe.width)
-    coloured = convert_colour(resized, recipe.colour)
+    return frame
+
+
+def preprocess_into(frame: np.ndarray, recipe: PreprocessRecipe, out: np.ndarray) -> np.ndarray:
+    """Write one frame's model input into `out`, a (C, height, width) float32 array; returns `out`.
+
+    Resizing happens before colour conversion (both are linear, so the order changes nothing but cost:
+    a mono frame is resized once, not three times), and (v * scale - mean) / std is applied per plane
+    straight into channel-first order.
+    """
+    resized = resize_bilinear(crop(_as_hwc(frame), recipe.roi), recipe.height, recipe.width)
     scale = value_scale(frame.dtype)
-    mean = np.asarray(recipe.mean, dtype=np.float32)
-    inv_std = 1.0 / np.asarray(recipe.std, dtype=np.float32)
-    # One fused expression: (v * scale - mean) / std, written straight into CHW order.
-    return np.ascontiguousarray(((coloured * np.float32(scale) - mean) * inv_std).transpose(2, 0, 1))
+    for channel, (plane, mean, std) in enumerate(
+        zip(colour_planes(resized, recipe.colour), recipe.mean, recipe.std, strict=True)
+    ):
+        np.multiply(plane, np.float32(scale / std), out=out[channel])
+        out[channel] -= np.float32(mean / std)
+    return out
+
+
+def preprocess(frame: np.ndarray, recipe: PreprocessRecipe) -> np.ndarray:
+    """One (H, W) or (H, W, C) uint8/uint16 frame to a (C, height, width) float32 model input."""
+    out = np.empty((recipe.channels, recipe.height, recipe.width), dtype=np.float32)
+    return preprocess_into(frame, recipe, out)
 
 
 def preprocess_batch(
@@ -133,5 +154,5 @@ def preprocess_batch(
     elif out.shape[0] < len(frames) or out.shape[1:] != shape[1:]:
         raise ValueError(f"output buffer {out.shape} cannot hold a batch of {shape}")
     for i, frame in enumerate(frames):
-        out[i] = preprocess(frame, recipe)
+        preprocess_into(frame, recipe, out[i])
     return out[: len(frames)]

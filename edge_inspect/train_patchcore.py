@@ -313,7 +313,13 @@ def format_summary(package: ModelPackage, seconds: float) -> str:
         f"{card.training['n_train']} good images; fitted in {card.training['fit_seconds']:.0f} s",
         f"threshold {t.threshold:.4g} (normalised scale {t.score_low:.4g} … {t.score_high:.4g}, "
         f"review band ±{t.review_band:.3f})",
-        calibration["statement"],
+        calibration["statement"]
+        + (
+            f"; showing {calibration['target_frr'] * 100:g} % needs {calibration['n_good_needed']} good "
+            "images with none rejected"
+            if calibration["n_good"] < calibration["n_good_needed"]
+            else ""
+        ),
         f"val AUROC {'n/a (no defects in val)' if auroc is None else f'{auroc:.4f}'}"
         + (
             ""
@@ -329,8 +335,7 @@ def format_summary(package: ModelPackage, seconds: float) -> str:
 
 
 def train_patchcore_command(args: argparse.Namespace) -> int:
-    """Handler of `train patchcore`. It also accepts the generic `train FAMILY` arguments, taking defaults
-    for the options only the patchcore parser has."""
+    """Handler of `edge-inspect train patchcore`."""
     from edge_inspect.export import ExportError
 
     started = time.perf_counter()
@@ -339,13 +344,13 @@ def train_patchcore_command(args: argparse.Namespace) -> int:
             args.data,
             Path(args.out),
             input_size=args.input_size,
-            coreset_ratio=getattr(args, "coreset_ratio", DEFAULT_CORESET_RATIO),
+            coreset_ratio=args.coreset_ratio,
             seed=args.seed,
             limit=args.limit,
             progress=not args.no_progress,
-            target_frr=getattr(args, "target_frr", DEFAULT_TARGET_FRR),
-            threads=getattr(args, "threads", 0),
-            levels=getattr(args, "levels", None),
+            target_frr=args.target_frr,
+            threads=args.threads,
+            levels=args.levels,
         )
         package = load_package(path)
     except (TrainingDataError, ModelPackageError, ExportError, ValueError) as exc:
@@ -397,7 +402,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def register_train_subcommand(train_subparsers: argparse._SubParsersAction) -> None:
-    """Add `patchcore` to the sub-parsers of `edge-inspect train`."""
+    """Add `patchcore` to the sub-parsers of `edge-inspect train` (the registry's `train_cli`)."""
     parser = train_subparsers.add_parser(
         FAMILY,
         help="good-only anomaly detection (PatchCore on EfficientNet-Lite0 features)",

@@ -341,3 +341,24 @@ def test_cli_reports_a_bad_source_without_a_traceback(
     args = _camera_parser().parse_args(["camera", "folder", str(tmp_path / "nowhere")])
     assert args.handler(args) == 2
     assert "does not exist" in capsys.readouterr().err
+
+
+def test_looping_replay_decodes_each_file_once_within_its_cache_budget(tmp_path: Path) -> None:
+    from itertools import islice
+
+    from edge_inspect.camera_adapters.folder import FolderSource
+
+    paths = []
+    for i in range(3):
+        path = tmp_path / f"part{i}.png"
+        cv2.imwrite(str(path), np.full((8, 8), 40 * i, np.uint8))
+        paths.append(path)
+    source = FolderSource(paths, loop=True)
+    frames = iter(source)
+    first_pass = [f.part_id for f in islice(frames, 3)]
+    for path in paths:
+        path.unlink()  # later passes must come from the cache, not the disk
+    assert [f.part_id for f in islice(frames, 6)] == first_pass * 2
+    assert source.unreadable == 0
+    uncached = FolderSource(paths, loop=False)
+    assert list(uncached) == [] and uncached.unreadable == 3

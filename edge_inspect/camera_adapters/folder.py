@@ -52,10 +52,17 @@ def read_image(path: Path) -> np.ndarray:
     return image
 
 
+# Decoded images kept for later passes of a looping replay, so a gateway does not decode the same files
+# again and again; past this budget the remaining files are read from disk on every pass.
+LOOP_CACHE_BYTES = 256 * 1024 * 1024
+
+
 class FolderSource:
     """The images in `paths`, in order, once or (with `loop`) forever; part_id is the file stem."""
 
-    def __init__(self, paths: Sequence[Path], loop: bool = False) -> None:
+    def __init__(
+        self, paths: Sequence[Path], loop: bool = False, cache_bytes: int = LOOP_CACHE_BYTES
+    ) -> None:
         if not paths:
             raise SourceError(
                 "no images to replay; the folder holds no "
@@ -64,17 +71,24 @@ class FolderSource:
         self.paths = list(paths)
         self.loop = loop
         self.unreadable = 0
+        self._cache: dict[Path, np.ndarray] = {}
+        self._cache_budget = cache_bytes if loop else 0
 
     def __iter__(self) -> Iterator[SourceFrame]:
         while True:
             delivered = False
             for path in self.paths:
-                try:
-                    image = read_image(path)
-                except (OSError, ValueError) as exc:
-                    self.unreadable += 1
-                    log_event(logger, logging.WARNING, "image_unreadable", path=str(path), error=str(exc))
-                    continue
+                image = self._cache.get(path)
+                if image is None:
+                    try:
+                        image = read_image(path)
+                    except (OSError, ValueError) as exc:
+                        self.unreadable += 1
+                        log_event(logger, logging.WARNING, "image_unreadable", path=str(path), error=str(exc))
+                        continue
+                    if image.nbytes <= self._cache_budget:
+                        self._cache[path] = image
+                        self._cache_budget -= image.nbytes
                 delivered = True
                 yield SourceFrame(image, path.stem)
             if not self.loop:
