@@ -93,7 +93,10 @@ def evaluate_package(
     device: str = "auto",
     limit: int | None = None,
     progress: bool = True,
+    scores_csv: Path | None = None,
+    report_dir: Path | None = None,
 ) -> dict[str, Any]:
+    """Metrics of a package on one split; optionally every image's score as CSV and the picture report."""
     from tqdm import tqdm
 
     from edge_inspect.infer import load_model
@@ -102,7 +105,7 @@ def evaluate_package(
     package = load_package(model_dir)
     card = package.card
     seed = int(card.training.get("split_seed", 0))
-    splits, _ = dataset_splits(data, seed)
+    splits, root = dataset_splits(data, seed)
     if split not in splits:
         raise ValueError(f"split {split!r} does not exist for data {data!r}; choose from {sorted(splits)}")
     samples = limit_samples(splits[split], limit, seed)
@@ -116,7 +119,7 @@ def evaluate_package(
     seconds = time.perf_counter() - started
     all_scores = np.concatenate(scores) if scores else np.zeros(0, dtype=np.float32)
     labels = np.array([s.defective for s in samples], dtype=bool)
-    return {
+    result = {
         "model": card.name,
         "model_version": card.version,
         "model_dir": str(package.path),
@@ -130,6 +133,43 @@ def evaluate_package(
         "seconds": round(seconds, 3),
         "images_per_second": round(len(images) / seconds, 1) if seconds > 0 else None,
     }
+    if scores_csv is not None or report_dir is not None:
+        _write_outputs(samples, root, labels, all_scores, card.thresholds, result, scores_csv, report_dir)
+    return result
+
+
+def _write_outputs(
+    samples: Sequence[Any],
+    root: Path,
+    labels: np.ndarray,
+    scores: np.ndarray,
+    thresholds: Thresholds,
+    result: dict[str, Any],
+    scores_csv: Path | None,
+    report_dir: Path | None,
+) -> None:
+    from edge_inspect.eval_report import ScoredImage, write_report, write_scores_csv
+
+    normalised = normalise_scores(scores, thresholds)
+    scored = [
+        ScoredImage(
+            path=sample.path,
+            relative_path=str(
+                sample.path.relative_to(root) if sample.path.is_relative_to(root) else sample.path
+            ),
+            defective=bool(label),
+            raw_score=float(raw),
+            score=float(score),
+            verdict=verdict,
+        )
+        for sample, label, raw, score, verdict in zip(
+            samples, labels, scores, normalised, verdicts(scores, thresholds), strict=True
+        )
+    ]
+    if scores_csv is not None:
+        write_scores_csv(scores_csv, scored)
+    if report_dir is not None:
+        write_report(report_dir, scored, thresholds.review_band, result)
 
 
 def format_report(result: dict[str, Any]) -> str:
@@ -167,6 +207,8 @@ def handle_eval(args: argparse.Namespace) -> int:
             device=args.device,
             limit=args.limit,
             progress=not args.no_progress,
+            scores_csv=Path(args.scores) if args.scores else None,
+            report_dir=Path(args.report) if args.report else None,
         )
     except (ModelPackageError, ValueError, RuntimeError) as exc:
         print(f"edge-inspect eval: {exc}", file=sys.stderr)
@@ -188,6 +230,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"), help="default auto")
     parser.add_argument("--limit", type=int, default=None, help="evaluate at most N images (quick checks)")
     parser.add_argument("--json", action="store_true", help="also print the metrics as one JSON line, last")
+    parser.add_argument(
+        "--scores", default=None, help="write every image's path, label, score and verdict to this CSV"
+    )
+    parser.add_argument(
+        "--report",
+        default=None,
+        help="write metrics.json, ROC, precision-recall, score histogram and worst-case grid PNGs here",
+    )
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 

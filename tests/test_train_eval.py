@@ -4,6 +4,7 @@ round trip through the command handlers that proves the test split is never read
 from __future__ import annotations
 
 import argparse
+import csv
 import io
 import json
 import shutil
@@ -266,6 +267,32 @@ def test_eval_reproduces_the_cards_validation_metrics(round_trip: RoundTrip) -> 
     )
     assert result["confusion"] == card.metrics["confusion"]
     assert result["auroc"] == pytest.approx(card.metrics["auroc"], abs=1e-6)
+
+
+def test_eval_writes_scores_anyone_can_recompute_and_the_report(
+    round_trip: RoundTrip, tmp_path: Path
+) -> None:
+    parser = command_parser()
+    code, stdout = run_command(
+        parser,
+        [
+            *("eval", str(round_trip.model_dir), "--split", "test", "--limit", str(EVAL_LIMIT), "--json"),
+            *("--device", "cpu", "--no-progress", "--scores", str(tmp_path / "s.csv")),
+            *("--report", str(tmp_path / "report")),
+        ],
+    )
+    assert code == 0
+    result = json.loads(stdout.strip().splitlines()[-1])
+    rows = list(csv.DictReader((tmp_path / "s.csv").open()))
+    assert len(rows) == EVAL_LIMIT and all(not Path(r["path"]).is_absolute() for r in rows)
+    assert all((elpv_root() / r["path"]).is_file() for r in rows)
+    card = load_package(round_trip.model_dir).card
+    predicted = [float(r["raw_score"]) >= card.thresholds.threshold for r in rows]
+    truth = [r["label"] == "defective" for r in rows]
+    accuracy = sum(p == t for p, t in zip(predicted, truth, strict=True)) / len(rows)
+    assert accuracy == pytest.approx(result["accuracy"], abs=1e-3)
+    written = {p.name for p in (tmp_path / "report").iterdir()}
+    assert {"metrics.json", "histogram.png"} <= written
 
 
 def test_eval_refuses_a_tampered_package(

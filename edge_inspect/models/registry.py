@@ -75,3 +75,12 @@ register_family(
         train_cli="edge_inspect.train:register_classifier_subcommand",
     )
 )
+register_family(
+    ModelFamily(
+        name="patchcore",
+        summary="good-only anomaly detection: PatchCore on EfficientNet-Lite0 features, "
+        "score = distance to normal patches",
+        builder="edge_inspect.models.patchcore:build_patchcore",
+        train_cli="edge_inspect.train_patchcore:register_train_subcommand",
+    )
+)
