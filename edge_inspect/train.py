@@ -78,6 +78,9 @@ class TrainConfig:
     # Stem + this many stages stay at their ImageNet weights: edge/texture filters transfer to EL
     # images, and not back-propagating through the high-resolution stages saves a third of the time.
     frozen_stages: int = 2
+    # Average the 8 dihedral views inside the exported graph; None: on for finetune, off for the
+    # linear probe (the demo's CPU model, where 8x the inference cost matters more).
+    tta: bool | None = None
     patience: int = 4
     seed: int = 0
     limit: int | None = None
@@ -88,6 +91,10 @@ class TrainConfig:
     workers: int = 0
     name: str | None = None
     progress: bool = True
+
+    @property
+    def resolved_tta(self) -> bool:
+        return self.recipe == "finetune" if self.tta is None else self.tta
 
     @property
     def resolved_input_size(self) -> int:
@@ -467,7 +474,7 @@ def train_classifier(config: TrainConfig) -> ModelPackage:
     import torch
 
     from edge_inspect.export import classifier_card, export_package, probability_thresholds
-    from edge_inspect.models.classifier import build_classifier
+    from edge_inspect.models.classifier import DihedralAverage, build_classifier
 
     started = time.perf_counter()
     torch.set_num_threads(config.threads or available_cores())
@@ -492,7 +499,9 @@ def train_classifier(config: TrainConfig) -> ModelPackage:
     details = fit(model, train_images, train_samples, val_images, val_samples, recipe, config)
 
     model.eval()
-    val_scores = run_batches(model, val_images, recipe, config.progress, "calibrate")
+    # What is calibrated, evaluated and exported is the served model, views averaged or not.
+    served = DihedralAverage(model) if config.resolved_tta else model
+    val_scores = run_batches(served, val_images, recipe, config.progress, "calibrate")
     val_labels = np.array([s.defective for s in val_samples])
     threshold = config.threshold if config.threshold is not None else best_threshold(val_labels, val_scores)
     thresholds = probability_thresholds(threshold, config.review_band)
@@ -522,6 +531,7 @@ def train_classifier(config: TrainConfig) -> ModelPackage:
         "weight_decay": config.weight_decay,
         "dropout": config.dropout,
         "frozen_stages": config.frozen_stages if config.recipe == "finetune" else "all",
+        "test_time_augmentation": "dihedral-8" if config.resolved_tta else "none",
         "epochs": config.epochs,
         "patience": config.patience,
         "seed": config.seed,
@@ -543,7 +553,7 @@ def train_classifier(config: TrainConfig) -> ModelPackage:
     if config.progress:
         print("exporting ONNX and checking it against torch…", file=sys.stderr)
     parity_images = preprocess_batch(list(val_images[:4]), recipe)
-    return export_package(model, Path(config.out), card, parity_images)
+    return export_package(served, Path(config.out), card, parity_images)
 
 
 def format_summary(package: ModelPackage, seconds: float) -> str:
@@ -577,6 +587,7 @@ def train_classifier_command(args: argparse.Namespace) -> int:
             limit=args.limit,
             threshold=args.threshold,
             threads=args.threads,
+            tta=args.tta,
             workers=args.workers,
             name=args.name,
             progress=not args.no_progress,
@@ -613,6 +624,12 @@ def add_classifier_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--threshold", type=float, default=None, help="fixed threshold (default: tuned on val)"
+    )
+    parser.add_argument(
+        "--tta",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="average the 8 flips/rotations inside the exported model (default: on for finetune)",
     )
     parser.add_argument("--threads", type=int, default=0, help="torch threads (default: all cores)")
     parser.add_argument("--workers", type=int, default=0, help="DataLoader worker processes (default 0)")

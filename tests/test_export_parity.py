@@ -131,3 +131,18 @@ def test_tampered_model_is_refused(package: ModelPackage, tmp_path: Path) -> Non
     (copy / "model.onnx").write_bytes(bytes(data))
     with pytest.raises(ModelPackageError, match="sha256"):
         load_package(copy)
+
+
+def test_dihedral_average_is_the_mean_over_the_eight_views() -> None:
+    import torch
+
+    from edge_inspect.models.classifier import DihedralAverage
+
+    def brightness_of_top_left(images: torch.Tensor) -> torch.Tensor:
+        return images[:, 0, 0, 0]
+
+    images = torch.arange(2 * 3 * 4 * 4, dtype=torch.float32).reshape(2, 3, 4, 4)
+    averaged = DihedralAverage(brightness_of_top_left)(images)
+    # The top-left pixel of the 8 views visits each of the 4 corners twice.
+    corners = images[:, 0, [0, 0, 3, 3], [0, 3, 0, 3]]
+    torch.testing.assert_close(averaged, corners.mean(dim=1))

@@ -235,6 +235,7 @@ def test_training_writes_a_complete_card(round_trip: RoundTrip) -> None:
     assert (card.preprocess.height, card.preprocess.width) == (SIZE, SIZE)
     assert card.training["data_fingerprint"] == fingerprint(train_samples, elpv_root())
     assert card.training["recipe"] == "finetune" and card.training["epochs_run"] == 1
+    assert card.training["test_time_augmentation"] == "dihedral-8"
     assert card.training["n_train"] == LIMIT and card.training["split_seed"] == 0
     assert card.metrics["split"] == "val" and card.metrics["n"] == LIMIT
     assert 0.0 < card.thresholds.threshold < 1.0

@@ -55,5 +55,22 @@ class DefectClassifier(nn.Module):
         return self
 
 
+class DihedralAverage(nn.Module):
+    """Test-time augmentation inside the graph: the mean score over the 8 flips and rotations of a square.
+
+    EL cells have no preferred orientation, so the 8 views are equally valid images of the same part;
+    averaging them steadies the score near the threshold. It costs 8 passes per image, all in one batch.
+    """
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        flips = [images, images.flip(3), images.flip(2), images.flip(2, 3)]
+        views = torch.cat([*flips, *(view.transpose(2, 3) for view in flips)], dim=0)
+        return self.model(views).reshape(8, images.shape[0]).mean(dim=0)
+
+
 def build_classifier(pretrained: bool = True, dropout: float = 0.2) -> DefectClassifier:
     return DefectClassifier(build_backbone(pretrained=pretrained), dropout=dropout)
