@@ -34,7 +34,12 @@ class ExportError(RuntimeError):
     """An exported graph that must not be packaged."""
 
 
-def export_onnx(model: nn.Module, path: Path, input_shape: tuple[int, int, int]) -> None:
+def export_onnx(
+    model: nn.Module,
+    path: Path,
+    input_shape: tuple[int, int, int],
+    output_names: tuple[str, ...] = (SCORE_NAME,),
+) -> None:
     """Write `model` (eval mode, contiguous weights) to `path` as a single self-contained ONNX file."""
     import torch
 
@@ -47,7 +52,7 @@ def export_onnx(model: nn.Module, path: Path, input_shape: tuple[int, int, int])
         model,
         (example,),
         input_names=[INPUT_NAME],
-        output_names=[SCORE_NAME],
+        output_names=list(output_names),
         dynamic_shapes=({0: batch},),
         dynamo=True,
         external_data=False,

@@ -91,34 +91,6 @@ def image_scores(
 # --- export -----------------------------------------------------------------------------------------
 
 
-def export_patchcore_onnx(model: PatchCore, path: Path, input_shape: tuple[int, int, int]) -> None:
-    """`image` (batch, C, H, W) to `score` (batch,) and `anomaly_map` (batch, H, W), one ONNX file.
-
-    Mirrors edge_inspect.export.export_onnx, which names only the score output.
-    """
-    import torch
-
-    from edge_inspect.export import EXAMPLE_BATCH, INPUT_NAME, SCORE_NAME, ExportError
-    from edge_inspect.models.patchcore import MAP_OUTPUT
-
-    model = model.eval().to(memory_format=torch.contiguous_format)
-    example = torch.zeros((EXAMPLE_BATCH, *input_shape), dtype=torch.float32)
-    batch = torch.export.Dim("batch", min=1, max=4096)
-    program = torch.onnx.export(
-        model,
-        (example,),
-        input_names=[INPUT_NAME],
-        output_names=[SCORE_NAME, MAP_OUTPUT],
-        dynamic_shapes=({0: batch},),
-        dynamo=True,
-        external_data=False,
-        verbose=False,
-    )
-    if program is None:
-        raise ExportError("torch.onnx.export returned no program; cannot save the ONNX graph")
-    program.save(str(path))
-
-
 def check_map_output(path: Path, input_shape: tuple[int, int, int]) -> None:
     """The anomaly map must be (batch, H, W) at input resolution: postprocess maps it to frame pixels."""
     import onnx
@@ -169,14 +141,15 @@ def export_patchcore_package(
     model: PatchCore, directory: Path, card: ModelCard, parity_images: np.ndarray
 ) -> ModelPackage:
     """Export, check (ONNX checker, input/output contract, parity with torch) and package `model`."""
-    from edge_inspect.export import ExportError, check_onnx
+    from edge_inspect.export import SCORE_NAME, ExportError, check_onnx, export_onnx
+    from edge_inspect.models.patchcore import MAP_OUTPUT
 
     recipe = card.preprocess
     input_shape = (recipe.channels, recipe.height, recipe.width)
     directory.mkdir(parents=True, exist_ok=True)
     staging = directory / "model.onnx.partial"
     try:
-        export_patchcore_onnx(model, staging, input_shape)
+        export_onnx(model, staging, input_shape, (SCORE_NAME, MAP_OUTPUT))
         check_onnx(staging, input_shape)
         check_map_output(staging, input_shape)
         images = np.ascontiguousarray(parity_images, dtype=np.float32)
