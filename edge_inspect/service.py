@@ -19,6 +19,7 @@ import json
 import logging
 import queue
 import signal
+import sys
 import threading
 import time
 import zlib
@@ -65,8 +66,10 @@ class InspectorConfig:
     archive_ok_rate: float = 0.0
 
     def __post_init__(self) -> None:
-        if (self.model_dir is None) == (self.registry is None or self.model_name is None):
-            raise ValueError("give either a model directory or a registry and a model name, not both")
+        if self.registry is not None and self.model_name is None:
+            raise ValueError("a registry needs a model name: which of its models to serve (--model-name)")
+        if (self.model_dir is None) == (self.registry is None):
+            raise ValueError("give either a model directory (--model) or a registry (--registry), not both")
 
     @property
     def db_path(self) -> Path:
@@ -510,7 +513,14 @@ def run_until_signalled(config: InspectorConfig, seconds: float | None = None) -
 
 
 def _serve(args: argparse.Namespace) -> int:
-    summary = run_until_signalled(config_from_args(args), args.seconds)
+    from edge_inspect.models.package import ModelPackageError
+
+    try:
+        summary = run_until_signalled(config_from_args(args), args.seconds)
+    except (ModelPackageError, ValueError, RuntimeError, OSError) as exc:
+        # Start-up failures (bad package, busy port, nothing promoted) are the operator's to fix.
+        print(f"edge-inspect serve: {exc}", file=sys.stderr)
+        return 2
     print(json.dumps(summary), flush=True)
     return 0
 
