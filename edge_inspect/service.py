@@ -180,24 +180,14 @@ class Inspector:
         self._store_factory = lambda: RecordStore(config.db_path, config.image_dir)
         self._stop_receiving = threading.Event()
         self._receiver_done = threading.Event()
-        self._stop_delivery = threading.Event()
         self._threads: list[threading.Thread] = []
         self._deliverer: Any = None
         self._seq = SeqTracker()
 
     # -- lifetime ---------------------------------------------------------------------------------
     def start(self) -> None:
-        if self.config.registry is not None:
-            self._threads.append(threading.Thread(target=self._watch_registry, name="edge-inspect-registry"))
-        for name, target in (
-            ("receiver", self._receive_loop),
-            ("worker", self._work_loop),
-            ("sink", self._sink_loop),
-        ):
-            self._threads.append(threading.Thread(target=target, name=f"edge-inspect-{name}", daemon=True))
-        for thread in self._threads:
-            thread.start()
         if self.config.mes_url:
+            # Started before the sink thread, so the very first results already get outbox rows.
             from edge_inspect.sinks.mes_webhook import WebhookConfig, WebhookDeliverer
 
             self._deliverer = WebhookDeliverer(
@@ -210,6 +200,16 @@ class Inspector:
                 metrics=self.metrics,
             )
             self._deliverer.start()
+        if self.config.registry is not None:
+            self._threads.append(threading.Thread(target=self._watch_registry, name="edge-inspect-registry"))
+        for name, target in (
+            ("receiver", self._receive_loop),
+            ("worker", self._work_loop),
+            ("sink", self._sink_loop),
+        ):
+            self._threads.append(threading.Thread(target=target, name=f"edge-inspect-{name}", daemon=True))
+        for thread in self._threads:
+            thread.start()
         log_event(
             log,
             logging.WARNING if self.active.device == "cpu" else logging.INFO,
@@ -458,7 +458,7 @@ class Inspector:
             if should_archive(result, self.config.archive_ok_rate):
                 result = dataclasses.replace(result, image_path=store.archive_image(result, outcome.image))
             results.append(result)
-        store.add_results(results, with_outbox=self._deliverer is not None)
+        store.add_results(results, with_outbox=self.config.mes_url is not None)
         if self._deliverer is not None:
             self._deliverer.wake()
         for result, outcome in zip(results, outcomes, strict=True):
