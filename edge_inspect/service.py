@@ -1,7 +1,8 @@
 """The inspector service (`edge-inspect serve`): the stages wired into threads.
 
     receiver thread   bus → receive.validate → per-camera queues (back-pressure / supersede)
-    worker thread     queues → micro-batch → decode → preprocess → infer → postprocess → rules
+    prepare thread    queues → micro-batch → decode → preprocess (overlaps the previous batch's inference)
+    infer thread      infer → postprocess → rules
     sink thread       archive NG/REVIEW images → SQLite results + MES outbox (one transaction) → PUB
     deliverer thread  MES outbox → webhook (at least once, survives restarts)
     metrics server    Prometheus /metrics
@@ -88,7 +89,6 @@ class ActiveModel:
     card: ModelCard
     ref: ModelRef
     device: str
-    input_buffer: np.ndarray
 
 
 def load_active(package_dir: Path, config: InspectorConfig) -> ActiveModel:
@@ -100,8 +100,8 @@ def load_active(package_dir: Path, config: InspectorConfig) -> ActiveModel:
     model = load_model(package, config.device, config.threads)
     card = package.card
     recipe = card.preprocess
-    buffer = np.empty((config.max_batch, recipe.channels, recipe.height, recipe.width), dtype=np.float32)
-    smoke = model.run(np.random.default_rng(0).standard_normal(buffer[:2].shape).astype(np.float32))
+    smoke_shape = (2, recipe.channels, recipe.height, recipe.width)
+    smoke = model.run(np.random.default_rng(0).standard_normal(smoke_shape).astype(np.float32))
     score = np.asarray(smoke[card.score_output])
     if score.shape != (2,) or not np.isfinite(score).all():
         raise RuntimeError(
@@ -109,7 +109,20 @@ def load_active(package_dir: Path, config: InspectorConfig) -> ActiveModel:
             f"finite: {bool(np.isfinite(score).all())}); it was not loaded"
         )
     device = "cuda" if model.provider.startswith("CUDA") else "cpu"
-    return ActiveModel(model, card, ModelRef(card.name, card.version, card.onnx_sha256), device, buffer)
+    return ActiveModel(model, card, ModelRef(card.name, card.version, card.onnx_sha256), device)
+
+
+@dataclass(frozen=True)
+class PreparedBatch:
+    """A decoded, preprocessed batch waiting for inference, with the model chosen for it."""
+
+    active: ActiveModel
+    frames: list[Any]
+    images: list[np.ndarray]
+    decode_ms: list[float]
+    inputs: np.ndarray
+    preprocess_ms: float
+    t_batch_ns: int
 
 
 @dataclass(frozen=True)
@@ -176,6 +189,8 @@ class Inspector:
             self._publisher.getsockopt(zmq.LAST_ENDPOINT).decode() if self._publisher else None
         )
         self.queues = CameraQueues(config.queue_depth, self._count_drop)
+        # One batch prepared ahead of the one being inferred: enough to overlap, little added latency.
+        self._prepared: queue.Queue[PreparedBatch | None] = queue.Queue(maxsize=1)
         self._outcomes: queue.Queue[list[Outcome] | None] = queue.Queue(maxsize=8)
         self._store_factory = lambda: RecordStore(config.db_path, config.image_dir)
         self._stop_receiving = threading.Event()
@@ -204,7 +219,8 @@ class Inspector:
             self._threads.append(threading.Thread(target=self._watch_registry, name="edge-inspect-registry"))
         for name, target in (
             ("receiver", self._receive_loop),
-            ("worker", self._work_loop),
+            ("prepare", self._prepare_loop),
+            ("infer", self._infer_loop),
             ("sink", self._sink_loop),
         ):
             self._threads.append(threading.Thread(target=target, name=f"edge-inspect-{name}", daemon=True))
@@ -363,20 +379,29 @@ class Inspector:
         self.metrics.frame_dropped(camera_id, reason, count)
 
     # -- worker thread ----------------------------------------------------------------------------
-    def _work_loop(self) -> None:
+    def _prepare_loop(self) -> None:
+        """Batch, decode and preprocess; runs while the inference thread works on the previous batch."""
         try:
             while True:
                 batch = self.queues.next_batch(self.config.max_batch, self.config.max_wait_ms / 1000)
                 if batch:
-                    self._outcomes.put(self._judge_batch(batch))
+                    prepared = self._prepare(batch)
+                    if prepared is not None:
+                        self._prepared.put(prepared)
                 elif self._receiver_done.is_set() and self.queues.total() == 0:
                     return
         finally:
+            self._prepared.put(None)
+
+    def _infer_loop(self) -> None:
+        try:
+            while (prepared := self._prepared.get()) is not None:
+                self._outcomes.put(self._judge(prepared))
+        finally:
             self._outcomes.put(None)
 
-    def _judge_batch(self, batch: list) -> list[Outcome]:
+    def _prepare(self, batch: list) -> PreparedBatch | None:
         from edge_inspect.decode import decode
-        from edge_inspect.postprocess import Judgement, postprocess
         from edge_inspect.preprocess import preprocess_batch
 
         # One model for the whole batch: a swap takes effect at the next batch, never inside one.
@@ -393,13 +418,21 @@ class Inspector:
             frames.append(frame)
             decode_ms.append((time.perf_counter() - t0) * 1e3)
         if not frames:
-            return []
+            return None
         self.metrics.observe_batch(len(frames))
         t0 = time.perf_counter()
-        inputs = preprocess_batch(images, active.card.preprocess, out=active.input_buffer)
+        # A fresh buffer per batch: the previous one may still be in use by the inference thread.
+        inputs = preprocess_batch(images, active.card.preprocess)
+        preprocess_ms = (time.perf_counter() - t0) * 1e3
+        return PreparedBatch(active, frames, images, decode_ms, inputs, preprocess_ms, t_batch)
+
+    def _judge(self, prepared: PreparedBatch) -> list[Outcome]:
+        from edge_inspect.postprocess import Judgement, postprocess
+
+        active, frames, images = prepared.active, prepared.frames, prepared.images
         t1 = time.perf_counter()
         try:
-            outputs = active.model.run(inputs)
+            outputs = active.model.run(prepared.inputs)
         except Exception as exc:  # any runtime failure must still account for every frame
             self.metrics.inference_error()
             log_event(log, logging.ERROR, "inference_failed", error=repr(exc), batch=len(frames))
@@ -411,16 +444,18 @@ class Inspector:
             hws = [(img.shape[0], img.shape[1]) for img in images]
             judgements = postprocess(outputs, active.card, self.config.rules, hws)
             t3 = time.perf_counter()
-        preprocess_ms, infer_ms, post_ms = ((b - a) * 1e3 for a, b in ((t0, t1), (t1, t2), (t2, t3)))
+        infer_ms, post_ms = (t2 - t1) * 1e3, (t3 - t2) * 1e3
         t_done = time.time_ns()
         outcomes = []
-        for frame, image, judgement, dec_ms in zip(frames, images, judgements, decode_ms, strict=True):
+        for frame, image, judgement, dec_ms in zip(
+            frames, images, judgements, prepared.decode_ms, strict=True
+        ):
             header = frame.header
             timings = StageTimings(
                 transport=max(0.0, (frame.t_received_ns - header.t_capture_ns) / 1e6),
-                queue=(t_batch - frame.t_received_ns) / 1e6,
+                queue=(prepared.t_batch_ns - frame.t_received_ns) / 1e6,
                 decode=dec_ms,
-                preprocess=preprocess_ms,
+                preprocess=prepared.preprocess_ms,
                 infer=infer_ms,
                 postprocess=post_ms,
                 total=(t_done - header.t_capture_ns) / 1e6,
