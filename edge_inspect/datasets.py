@@ -11,6 +11,7 @@ No torch here: the camera gateway replays these images too.
 from __future__ import annotations
 
 import hashlib
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -82,6 +83,12 @@ def elpv_split(seed: int = 0) -> dict[str, list[Sample]]:
         "val": [samples[rest[i]] for i in val],
         "test": [samples[i] for i in test],
     }
+
+
+def stable_fraction(key: str) -> float:
+    """A number in [0, 1) fixed by `key` alone: the same part lands on the same side of any sampling
+    cut, in every run and on every machine."""
+    return zlib.crc32(key.encode()) / 2**32
 
 
 def fingerprint(samples: list[Sample], root: Path | None = None) -> str:

@@ -18,13 +18,12 @@ import argparse
 import json
 import os
 import sys
-import zlib
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from edge_inspect.datasets import Sample
+from edge_inspect.datasets import Sample, stable_fraction
 
 GOOD, DEFECT = "good", "defect"
 
@@ -52,7 +51,7 @@ def line_samples(db: Path) -> list[tuple[str, Sample]]:
 
 def held_out(result_id: str, fraction: float) -> bool:
     """Stable across runs and machines: the same part is always on the same side."""
-    return zlib.crc32(result_id.encode()) / 2**32 < fraction
+    return stable_fraction(result_id) < fraction
 
 
 def materialise(root: Path, parts: dict[str, list[Sample]]) -> dict[str, int]:

@@ -23,7 +23,6 @@ import signal
 import sys
 import threading
 import time
-import zlib
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,6 +31,7 @@ from typing import Any
 import numpy as np
 
 from edge_inspect.contracts import VERDICTS, ContractError, Defect, InspectionResult, ModelRef, StageTimings
+from edge_inspect.datasets import stable_fraction
 from edge_inspect.logs import log_event
 from edge_inspect.models.package import ModelCard
 from edge_inspect.rules import NORMALISED_THRESHOLD, QualityRules
@@ -138,7 +138,7 @@ def should_archive(result: InspectionResult, ok_rate: float) -> bool:
     """NG and REVIEW always; OK parts at `ok_rate`, chosen by a hash of the result id (reproducible)."""
     if result.verdict in ARCHIVED_VERDICTS:
         return True
-    return ok_rate > 0 and zlib.crc32(result.result_id.encode()) / 2**32 < ok_rate
+    return ok_rate > 0 and stable_fraction(result.result_id) < ok_rate
 
 
 class SeqTracker:
@@ -165,7 +165,6 @@ class Inspector:
         from edge_inspect.batching import CameraQueues
         from edge_inspect.bus import FrameReceiver
         from edge_inspect.sinks.metrics import InspectorMetrics
-        from edge_inspect.sinks.record_store import RecordStore
 
         self.config = config
         config.workdir.mkdir(parents=True, exist_ok=True)
@@ -192,7 +191,6 @@ class Inspector:
         # One batch prepared ahead of the one being inferred: enough to overlap, little added latency.
         self._prepared: queue.Queue[PreparedBatch | None] = queue.Queue(maxsize=1)
         self._outcomes: queue.Queue[list[Outcome] | None] = queue.Queue(maxsize=8)
-        self._store_factory = lambda: RecordStore(config.db_path, config.image_dir)
         self._stop_receiving = threading.Event()
         self._receiver_done = threading.Event()
         self._threads: list[threading.Thread] = []
@@ -478,7 +476,9 @@ class Inspector:
 
     # -- sink thread ------------------------------------------------------------------------------
     def _sink_loop(self) -> None:
-        store = self._store_factory()
+        from edge_inspect.sinks.record_store import RecordStore
+
+        store = RecordStore(self.config.db_path, self.config.image_dir)
         try:
             while (outcomes := self._outcomes.get()) is not None:
                 if outcomes:
