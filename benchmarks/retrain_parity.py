@@ -19,6 +19,7 @@ import sys
 import time
 from pathlib import Path
 
+from edge_inspect.cli import build_parser
 from edge_inspect.contracts import InspectionResult, ModelRef, StageTimings
 from edge_inspect.datasets import elpv_split
 from edge_inspect.model_registry import promote, publish
@@ -71,24 +72,13 @@ def main() -> int:
     publish(registry, direct.path)
     promote(registry, NAME, direct.card.version)
     seeded = seed_record_store(work / "records.sqlite")
-    outcome = retrain(
-        argparse.Namespace(
-            db=str(work / "records.sqlite"),
-            registry=str(registry),
-            model_name=NAME,
-            base_data="none",
-            test_data="elpv",
-            line_holdout=0.0,
-            tolerance=1.0,
-            promote=False,
-            recipe=args.recipe,
-            epochs=None,
-            seed=0,
-            limit=None,
-            workdir=str(work / "retrain"),
-            no_progress=False,
-        )
-    )
+    retrain_args = [
+        "retrain",
+        *("--db", str(work / "records.sqlite"), "--registry", str(registry), "--model-name", NAME),
+        *("--base-data", "none", "--test-data", "elpv", "--line-holdout", "0", "--tolerance", "1"),
+        *("--recipe", args.recipe, "--workdir", str(work / "retrain")),
+    ]
+    outcome = retrain(build_parser().parse_args(retrain_args))
     direct_acc, retrained_acc = outcome["serving"]["accuracy"], outcome["candidate"]["accuracy"]
     print(
         json.dumps(

@@ -21,9 +21,12 @@ import sys
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from edge_inspect.datasets import Sample, stable_fraction
+
+if TYPE_CHECKING:
+    from edge_inspect.model_registry import RegistryStore
 
 GOOD, DEFECT = "good", "defect"
 
@@ -123,26 +126,27 @@ def decide(serving: dict[str, Any], candidate: dict[str, Any], tolerance_points:
     return Decision(True, f"accepted: {summary}")
 
 
-def serving_package_dir(registry: Path, name: str) -> Path:
-    from edge_inspect.model_registry import promoted
+def serving_package_dir(registry: RegistryStore, name: str, cache_dir: Path) -> Path:
+    """A local, hash-verified copy of the promoted version (the registry's own directory on a filesystem)."""
+    from edge_inspect.model_registry import local_package_dir, promoted
 
     promotion = promoted(registry, name)
     if promotion is None:
         raise ValueError(
-            f"no version of {name} is promoted in {registry}; promote one first "
-            f"(`edge-inspect models --registry {registry} promote {name} VERSION`)"
+            f"no version of {name} is promoted in {registry.location}; promote one first "
+            f"(`edge-inspect models --registry {registry.location} promote {name} VERSION`)"
         )
-    return registry / name / promotion.version
+    return local_package_dir(registry, name, promotion.version, cache_dir)
 
 
 def retrain(args: argparse.Namespace) -> dict[str, Any]:
     from edge_inspect.evaluate import evaluate_package
-    from edge_inspect.model_registry import promote, publish
+    from edge_inspect.model_registry import open_registry, promote, publish
     from edge_inspect.models.package import load_package
     from edge_inspect.train import TrainConfig, train_classifier
 
-    registry = Path(args.registry)
-    serving_dir = serving_package_dir(registry, args.model_name)
+    registry = open_registry(args.registry, args.s3_endpoint)
+    serving_dir = serving_package_dir(registry, args.model_name, Path(args.workdir) / "model-cache")
     serving_card = load_package(serving_dir).card
     if serving_card.family != "classifier":
         raise ValueError(
@@ -194,7 +198,7 @@ def _headline(metrics: dict[str, Any]) -> dict[str, Any]:
 def _cli(args: argparse.Namespace) -> int:
     try:
         outcome = retrain(args)
-    except ValueError as exc:
+    except (ValueError, RuntimeError) as exc:
         print(f"edge-inspect retrain: {exc}", file=sys.stderr)
         return 2
     print(outcome["decision"], file=sys.stderr)
@@ -210,7 +214,10 @@ def register(sub: argparse._SubParsersAction) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--db", default="var/inspector/records.sqlite", help="record store (default: %(default)s)")
-    p.add_argument("--registry", required=True, help="model registry")
+    p.add_argument("--registry", required=True, help="model registry: a directory or s3://BUCKET/PREFIX")
+    p.add_argument(
+        "--s3-endpoint", default=None, help="S3 endpoint URL (default: AWS_ENDPOINT_URL or AWS's own)"
+    )
     p.add_argument("--model-name", required=True, help="the model to retrain (its promoted version serves)")
     p.add_argument(
         "--base-data",

@@ -43,11 +43,11 @@ ARCHIVED_VERDICTS = ("NG", "REVIEW")
 
 @dataclass(frozen=True)
 class InspectorConfig:
-    """`model_dir` serves one fixed package; `registry` + `model_name` serve the promoted version and
-    follow promotions while running (checked every `registry_poll_s`)."""
+    """`model_dir` serves one fixed package; `registry` (a directory or `s3://bucket/prefix`) + `model_name`
+    serve the promoted version and follow promotions while running (checked every `registry_poll_s`)."""
 
     model_dir: Path | None = None
-    registry: Path | None = None
+    registry: Path | str | None = None
     model_name: str | None = None
     registry_poll_s: float = 2.0
     workdir: Path = Path("var/inspector")
@@ -79,6 +79,11 @@ class InspectorConfig:
     @property
     def image_dir(self) -> Path:
         return self.workdir / "images"
+
+    @property
+    def model_cache_dir(self) -> Path:
+        """Verified local copies of packages from an object-store registry."""
+        return self.workdir / "model-cache"
 
 
 @dataclass(frozen=True)
@@ -289,38 +294,45 @@ class Inspector:
 
     # -- model source -----------------------------------------------------------------------------
     def _initial_package_dir(self) -> Path:
-        from edge_inspect.model_registry import promoted
+        from edge_inspect.model_registry import local_package_dir, open_registry, promoted
 
         config = self.config
         if config.model_dir is not None:
             return config.model_dir
         assert config.registry is not None and config.model_name is not None
-        promotion = promoted(config.registry, config.model_name)
+        store = open_registry(config.registry)
+        promotion = promoted(store, config.model_name)
         if promotion is None:
             raise RuntimeError(
                 f"no version of {config.model_name} is promoted in {config.registry}; run "
                 f"`edge-inspect models --registry {config.registry} promote {config.model_name} VERSION`"
             )
         self._promoted_version = promotion.version
-        return config.registry / config.model_name / promotion.version
+        return local_package_dir(store, config.model_name, promotion.version, config.model_cache_dir)
 
     def _watch_registry(self) -> None:
-        """Follow promotions; a package that fails its hash or smoke test is refused, the old one stays."""
-        from edge_inspect.model_registry import promoted
+        """Follow promotions; a package that fails to download, its hash or its smoke test is refused, the
+        old one stays."""
+        from edge_inspect.model_registry import RegistryError, local_package_dir, open_registry, promoted
 
         config = self.config
         assert config.registry is not None and config.model_name is not None
+        # One store (for S3: one client) for the whole watch, not one per poll.
+        store = open_registry(config.registry)
         while not self._stop_receiving.wait(config.registry_poll_s):
             try:
-                promotion = promoted(config.registry, config.model_name)
-            except (OSError, ValueError) as exc:
+                promotion = promoted(store, config.model_name)
+            except (OSError, ValueError, RegistryError) as exc:
                 log_event(log, logging.WARNING, "registry_unreadable", error=repr(exc))
                 continue
             if promotion is None or promotion.version == self._promoted_version:
                 continue
             self._promoted_version = promotion.version
             try:
-                candidate = load_active(config.registry / config.model_name / promotion.version, config)
+                package_dir = local_package_dir(
+                    store, config.model_name, promotion.version, config.model_cache_dir
+                )
+                candidate = load_active(package_dir, config)
             except Exception as exc:  # any failure to load keeps the serving model
                 self.metrics.model_swap("rejected")
                 log_event(
@@ -505,7 +517,8 @@ class Inspector:
 def config_from_args(args: argparse.Namespace) -> InspectorConfig:
     return InspectorConfig(
         model_dir=Path(args.model) if args.model else None,
-        registry=Path(args.registry) if args.registry else None,
+        # Kept as given: Path() would fold the "//" of an s3:// URL.
+        registry=args.registry or None,
         model_name=args.model_name,
         workdir=Path(args.workdir),
         bind=args.bind,
@@ -570,7 +583,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     source = p.add_mutually_exclusive_group(required=True)
     source.add_argument("--model", help="model package directory (model.onnx + model.json)")
-    source.add_argument("--registry", help="model registry; serve the promoted version and follow promotions")
+    source.add_argument(
+        "--registry",
+        help="model registry, a directory or s3://bucket/prefix (endpoint and credentials from the AWS_* "
+        "environment); serve the promoted version and follow promotions",
+    )
     p.add_argument("--model-name", help="with --registry: the model to serve")
     p.add_argument(
         "--workdir", default="var/inspector", help="record database and image archive (default: %(default)s)"

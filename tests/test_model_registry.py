@@ -13,7 +13,16 @@ import pytest
 
 from edge_inspect.bus import FrameSender
 from edge_inspect.contracts import FrameHeader
-from edge_inspect.model_registry import RegistryError, promote, promoted, publish, rollback, versions
+from edge_inspect.model_registry import (
+    RegistryError,
+    local_package_dir,
+    promote,
+    promoted,
+    publish,
+    rollback,
+    versions,
+)
+from edge_inspect.models.package import load_package
 from edge_inspect.service import Inspector, InspectorConfig
 from edge_inspect.sinks.record_store import RecordStore
 from tests.helpers import wait_until
@@ -45,7 +54,11 @@ def test_publish_is_immutable_and_promotion_keeps_history(registry: Path, tmp_pa
     with pytest.raises(RegistryError, match="no version"):
         promote(registry, NAME, "9")
     renamed = publish(registry, tmp_path / "pkg1", version="1.1")
-    assert renamed.card.version == "1.1"
+    assert renamed.version == "1.1"
+    assert load_package(registry / NAME / "1.1").card == renamed
+    # On a filesystem the registry's own directory is served, verified, without a copy.
+    assert local_package_dir(registry, NAME, "1.1", tmp_path / "unused-cache") == registry / NAME / "1.1"
+    assert not (tmp_path / "unused-cache").exists()
 
 
 def tamper(package: Path) -> None:

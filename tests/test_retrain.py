@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import argparse
 import shutil
 from pathlib import Path
 
 import pytest
 
+from edge_inspect.cli import build_parser
 from edge_inspect.contracts import InspectionResult, ModelRef, StageTimings
 from edge_inspect.datasets import elpv_split
 from edge_inspect.model_registry import promote, promoted, publish, versions
@@ -80,21 +80,14 @@ def test_retrain_builds_the_dataset_compares_side_by_side_and_publishes(tmp_path
     )
     publish(registry, serving.path)
     promote(registry, NAME, serving.card.version)
-    args = argparse.Namespace(
-        db=str(db),
-        registry=str(registry),
-        model_name=NAME,
-        base_data="none",
-        test_data=None,
-        line_holdout=0.5,
-        tolerance=100.0,
-        promote=True,
-        recipe="linear-probe",
-        epochs=1,
-        seed=0,
-        limit=None,
-        workdir=str(tmp_path / "retrain"),
-        no_progress=True,
+    args = build_parser().parse_args(
+        [
+            "retrain",
+            *("--db", str(db), "--registry", str(registry), "--model-name", NAME),
+            *("--base-data", "none", "--line-holdout", "0.5", "--tolerance", "100", "--promote"),
+            *("--recipe", "linear-probe", "--epochs", "1", "--workdir", str(tmp_path / "retrain")),
+            "--no-progress",
+        ]
     )
     outcome = retrain(args)
     dataset = outcome["dataset"]
