@@ -1,12 +1,34 @@
-"""Decode stage: a validated frame's payload to an (H, W, C) pixel array, checked against its header."""
+"""Decode stage: a validated frame's payload to an (H, W, C) pixel array, checked against its header.
+
+The rejections are defined here once; the GPU decoder (`gpu_frames`) raises the very same ones.
+"""
 
 from __future__ import annotations
 
 import cv2
 import numpy as np
 
-from edge_inspect.contracts import ContractError, raw_pixels
+from edge_inspect.contracts import ContractError, FrameHeader, raw_pixels
 from edge_inspect.receive import ReceivedFrame
+
+
+def corrupt_jpeg(header: FrameHeader) -> ContractError:
+    return ContractError(
+        "corrupt_jpeg",
+        f"camera {header.camera_id} seq {header.seq}: JPEG payload could not be decoded "
+        "(truncated or corrupt); check the gateway's encoder and the link",
+    )
+
+
+def shape_mismatch(header: FrameHeader, shape: tuple[int, ...], dtype: str) -> ContractError | None:
+    """The rejection of a decoded image that disagrees with its header; None when it agrees."""
+    if shape == header.shape and dtype == header.dtype:
+        return None
+    return ContractError(
+        "shape_mismatch",
+        f"camera {header.camera_id} seq {header.seq}: decoded JPEG is {shape} {dtype}, "
+        f"header says {header.shape} {header.dtype}",
+    )
 
 
 def decode(frame: ReceivedFrame) -> np.ndarray:
@@ -14,20 +36,12 @@ def decode(frame: ReceivedFrame) -> np.ndarray:
     header = frame.header
     if header.encoding == "raw":
         return raw_pixels(header, frame.payload)
-    encoded = np.frombuffer(frame.payload, dtype=np.uint8)
-    image = cv2.imdecode(encoded, cv2.IMREAD_UNCHANGED)
+    image = cv2.imdecode(np.frombuffer(frame.payload, dtype=np.uint8), cv2.IMREAD_UNCHANGED)
     if image is None:
-        raise ContractError(
-            "corrupt_jpeg",
-            f"camera {header.camera_id} seq {header.seq}: JPEG payload could not be decoded "
-            "(truncated or corrupt); check the gateway's encoder and the link",
-        )
+        raise corrupt_jpeg(header)
     if image.ndim == 2:
         image = image[:, :, None]
-    if image.shape != header.shape or image.dtype != np.dtype(header.dtype):
-        raise ContractError(
-            "shape_mismatch",
-            f"camera {header.camera_id} seq {header.seq}: decoded JPEG is {image.shape} {image.dtype}, "
-            f"header says {header.shape} {header.dtype}",
-        )
+    mismatch = shape_mismatch(header, image.shape, str(image.dtype))
+    if mismatch is not None:
+        raise mismatch
     return image

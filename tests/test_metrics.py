@@ -1,8 +1,11 @@
 from __future__ import annotations
 
+import logging
+import sys
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
+from types import ModuleType, SimpleNamespace
 
 import prometheus_client
 import pytest
@@ -168,3 +171,128 @@ def test_close_frees_the_port(metrics: InspectorMetrics) -> None:
         assert value(scrape(again), "edgeinspect_mes_deliveries_total", outcome="dead") == 0
     finally:
         again.close()
+
+
+class FakeNvmlError(Exception):
+    pass
+
+
+class FakeNvml(ModuleType):
+    """A stand-in for the pynvml module, with GPUs given as (name, utilisation %, used bytes, total bytes);
+    reading a GPU whose index is in `failing` raises its NVMLError."""
+
+    NVMLError = FakeNvmlError
+
+    def __init__(self, gpus: list[tuple[str, int, int, int]], failing: frozenset[int] = frozenset()) -> None:
+        super().__init__("pynvml")
+        self.gpus, self.failing, self.initialised = gpus, failing, False
+
+    def nvmlInit(self) -> None:
+        self.initialised = True
+
+    def nvmlDeviceGetCount(self) -> int:
+        return len(self.gpus)
+
+    def nvmlDeviceGetHandleByIndex(self, index: int) -> int:
+        if index in self.failing:
+            raise FakeNvmlError("GPU is lost")
+        return index
+
+    def nvmlDeviceGetName(self, handle: int) -> bytes:
+        # Bytes, as older nvidia-ml-py releases return.
+        return self.gpus[handle][0].encode()
+
+    def nvmlDeviceGetUtilizationRates(self, handle: int) -> SimpleNamespace:
+        return SimpleNamespace(gpu=self.gpus[handle][1], memory=0)
+
+    def nvmlDeviceGetMemoryInfo(self, handle: int) -> SimpleNamespace:
+        _, _, used, total = self.gpus[handle]
+        return SimpleNamespace(used=used, total=total, free=total - used)
+
+
+def exposition(metrics: InspectorMetrics) -> list[Sample]:
+    text = prometheus_client.generate_latest(metrics.registry).decode()
+    return [sample for family in text_string_to_metric_families(text) for sample in family.samples]
+
+
+GPU_GAUGES = (
+    "edgeinspect_gpu_utilization_ratio",
+    "edgeinspect_gpu_memory_used_bytes",
+    "edgeinspect_gpu_memory_total_bytes",
+)
+
+
+def test_gpu_gauges_come_from_nvml(monkeypatch: pytest.MonkeyPatch) -> None:
+    nvml = FakeNvml([("NVIDIA H100", 37, 5 * 2**30, 80 * 2**30), ("NVIDIA L4", 0, 2**20, 24 * 2**30)])
+    monkeypatch.setitem(sys.modules, "pynvml", nvml)
+    metrics = InspectorMetrics()
+    assert nvml.initialised
+    samples = exposition(metrics)
+    h100, l4 = {"gpu": "0", "name": "NVIDIA H100"}, {"gpu": "1", "name": "NVIDIA L4"}
+    assert value(samples, "edgeinspect_gpu_utilization_ratio", **h100) == pytest.approx(0.37)
+    assert value(samples, "edgeinspect_gpu_memory_used_bytes", **h100) == 5 * 2**30
+    assert value(samples, "edgeinspect_gpu_memory_total_bytes", **h100) == 80 * 2**30
+    assert value(samples, "edgeinspect_gpu_utilization_ratio", **l4) == 0
+    assert value(samples, "edgeinspect_gpu_memory_total_bytes", **l4) == 24 * 2**30
+    assert value(samples, "edgeinspect_gpu_metric_errors_total") == 0
+    # Read again at every scrape, not once at start.
+    monkeypatch.setattr(
+        nvml, "nvmlDeviceGetUtilizationRates", lambda index: SimpleNamespace(gpu=90, memory=0)
+    )
+    assert value(exposition(metrics), "edgeinspect_gpu_utilization_ratio", **h100) == pytest.approx(0.9)
+
+
+@pytest.mark.parametrize("cause", ["not installed", "no driver"])
+def test_without_nvml_there_are_no_gpu_metrics_and_one_line_says_why(
+    cause: str, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    if cause == "not installed":
+        # None in sys.modules makes the import fail, as without nvidia-ml-py.
+        monkeypatch.setitem(sys.modules, "pynvml", None)
+    else:
+        nvml = FakeNvml([])
+
+        def no_driver() -> None:
+            raise FakeNvmlError("NVML Shared Library Not Found")
+
+        monkeypatch.setattr(nvml, "nvmlInit", no_driver)
+        monkeypatch.setitem(sys.modules, "pynvml", nvml)
+    caplog.set_level(logging.INFO, logger="edge_inspect")
+    metrics = InspectorMetrics()
+    names = {sample.name for sample in exposition(metrics)}
+    assert not {name for name in names if name.startswith("edgeinspect_gpu_")}
+    lines = [record for record in caplog.records if record.getMessage() == "gpu_metrics_off"]
+    assert len(lines) == 1 and lines[0].levelno == logging.INFO
+    reason = lines[0].fields["reason"]  # type: ignore[attr-defined]
+    assert ("nvidia-ml-py" in reason) if cause == "not installed" else ("Library Not Found" in reason)
+
+
+def test_an_nvml_error_during_a_scrape_is_counted_not_raised(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    nvml = FakeNvml([("GPU A", 10, 1, 8), ("GPU B", 20, 2, 8)], failing=frozenset({0}))
+    monkeypatch.setitem(sys.modules, "pynvml", nvml)
+    metrics = InspectorMetrics()
+    metrics.frame_received("cam1")
+    caplog.set_level(logging.INFO, logger="edge_inspect")
+    for scrape_number in (1, 2):
+        samples = exposition(metrics)
+        assert value(samples, "edgeinspect_frames_received_total", camera="cam1") == 1
+        assert value(samples, "edgeinspect_gpu_memory_used_bytes", gpu="1", name="GPU B") == 2
+        assert not [s for s in samples if s.labels.get("gpu") == "0"]
+        assert value(samples, "edgeinspect_gpu_metric_errors_total") == scrape_number
+
+    def lost() -> int:
+        raise FakeNvmlError("driver gone")
+
+    monkeypatch.setattr(nvml, "nvmlDeviceGetCount", lost)
+    samples = exposition(metrics)
+    assert not [s for s in samples if s.name in GPU_GAUGES]
+    assert value(samples, "edgeinspect_gpu_metric_errors_total") == 3
+    # A failing streak is logged once, when it starts.
+    warnings = [record for record in caplog.records if record.getMessage() == "gpu_metrics_read_failed"]
+    assert len(warnings) == 1 and warnings[0].fields == {  # type: ignore[attr-defined]
+        "gpu": 0,
+        "error": "GPU is lost",
+        "failed_reads": 1,
+    }

@@ -2,18 +2,30 @@
 
 Nothing is registered in prometheus_client's global default registry: two inspectors (or two tests) in
 one process never see each other's numbers. Names follow the Prometheus conventions: `edgeinspect_`
-prefix, base units (seconds), counters exposed with `_total`.
+prefix, base units (seconds, bytes, ratios 0..1), counters exposed with `_total`.
+
+GPU utilisation and memory are read from NVML (package nvidia-ml-py, module `pynvml`) at every scrape,
+when it imports and finds a driver; otherwise there are no GPU metrics and one log line says why.
 """
 
 from __future__ import annotations
 
+import logging
 import threading
+from collections.abc import Iterable
 from dataclasses import dataclass
+from types import ModuleType
 from wsgiref.simple_server import WSGIServer
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info, start_http_server
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.metrics_core import Metric
+from prometheus_client.registry import Collector
 
 from edge_inspect.contracts import STAGES, InspectionResult, ModelRef
+from edge_inspect.logs import log_event
+
+log = logging.getLogger(__name__)
 
 BATCH_SIZE_BUCKETS: tuple[float, ...] = (1, 2, 4, 8, 16, 32, 64)
 # 0.1 ms (a queue hand-over) to 2 s (a cold GPU start); anything slower lands in +Inf.
@@ -34,6 +46,129 @@ STAGE_SECONDS_BUCKETS: tuple[float, ...] = (
     2.0,
 )
 DELIVERY_OUTCOMES: tuple[str, ...] = ("delivered", "retry", "dead")
+GPU_LABELS: tuple[str, ...] = ("gpu", "name")
+
+
+@dataclass(frozen=True)
+class GpuReading:
+    """One GPU as NVML saw it at one scrape; `index` is NVML's, which ignores CUDA_VISIBLE_DEVICES."""
+
+    index: int
+    name: str
+    utilization: float  # 0..1, the share of the last sample period in which a kernel ran
+    memory_used_bytes: int
+    memory_total_bytes: int
+
+
+def read_gpu(nvml: ModuleType, index: int) -> GpuReading:
+    """Read one GPU; raises nvml.NVMLError."""
+    handle = nvml.nvmlDeviceGetHandleByIndex(index)
+    name = nvml.nvmlDeviceGetName(handle)
+    memory = nvml.nvmlDeviceGetMemoryInfo(handle)
+    return GpuReading(
+        index=index,
+        # Older nvidia-ml-py releases return bytes.
+        name=name.decode() if isinstance(name, bytes) else name,
+        utilization=nvml.nvmlDeviceGetUtilizationRates(handle).gpu / 100.0,
+        memory_used_bytes=int(memory.used),
+        memory_total_bytes=int(memory.total),
+    )
+
+
+def gpu_families(readings: Iterable[GpuReading]) -> list[GaugeMetricFamily]:
+    """The GPU gauges of one scrape; with no readings, the families alone (what `describe` reports)."""
+    utilization = GaugeMetricFamily(
+        "edgeinspect_gpu_utilization_ratio",
+        "Share of the last NVML sample period (1/6 s to 1 s) in which a kernel ran on the GPU, 0..1.",
+        labels=GPU_LABELS,
+    )
+    used = GaugeMetricFamily(
+        "edgeinspect_gpu_memory_used_bytes",
+        "GPU memory in use, by every process on the GPU.",
+        labels=GPU_LABELS,
+    )
+    total = GaugeMetricFamily(
+        "edgeinspect_gpu_memory_total_bytes", "GPU memory installed.", labels=GPU_LABELS
+    )
+    for reading in readings:
+        labels = [str(reading.index), reading.name]
+        utilization.add_metric(labels, reading.utilization)
+        used.add_metric(labels, reading.memory_used_bytes)
+        total.add_metric(labels, reading.memory_total_bytes)
+    return [utilization, used, total]
+
+
+def start_nvml() -> ModuleType | None:
+    """The initialised `pynvml` module, or None (and one INFO line saying why) when there is no NVML."""
+    try:
+        import pynvml
+    except ImportError:
+        log_event(
+            log,
+            logging.INFO,
+            "gpu_metrics_off",
+            reason="nvidia-ml-py is not installed; install the inspector extra for GPU metrics",
+        )
+        return None
+    try:
+        pynvml.nvmlInit()
+    except pynvml.NVMLError as exc:
+        log_event(
+            log,
+            logging.INFO,
+            "gpu_metrics_off",
+            reason=f"NVML did not start ({exc}); no NVIDIA driver or GPU visible to this process",
+        )
+        return None
+    return pynvml
+
+
+class NvmlCollector(Collector):
+    """GPU gauges read from NVML at every scrape. A failed read is counted and logged, never raised: a GPU
+    that stops answering must not take the inspector's other metrics down with it."""
+
+    def __init__(self, nvml: ModuleType) -> None:
+        self._nvml = nvml
+        # Not registered anywhere: this collector exposes it, so it exists only where NVML does.
+        self._errors = Counter(
+            "edgeinspect_gpu_metric_errors",
+            "NVML reads that failed during a scrape (the GPU's gauges are missing from that scrape).",
+            registry=None,
+        )
+        self._failing = False
+
+    def describe(self) -> list[Metric]:
+        return [*gpu_families([]), *self._errors.describe()]
+
+    def collect(self) -> list[Metric]:
+        readings: list[GpuReading] = []
+        failures: list[tuple[int | None, Exception]] = []
+        try:
+            count = self._nvml.nvmlDeviceGetCount()
+        except self._nvml.NVMLError as exc:
+            count, failures = 0, [(None, exc)]
+        for index in range(count):
+            try:
+                readings.append(read_gpu(self._nvml, index))
+            except self._nvml.NVMLError as exc:
+                failures.append((index, exc))
+        self._count_failures(failures)
+        return [*gpu_families(readings), *self._errors.collect()]
+
+    def _count_failures(self, failures: list[tuple[int | None, Exception]]) -> None:
+        self._errors.inc(len(failures))
+        # Scrapes repeat every few seconds: log when reads start failing, not at every scrape after that.
+        if failures and not self._failing:
+            gpu, exc = failures[0]
+            log_event(
+                log,
+                logging.WARNING,
+                "gpu_metrics_read_failed",
+                gpu=gpu,
+                error=str(exc),
+                failed_reads=len(failures),
+            )
+        self._failing = bool(failures)
 
 
 @dataclass
@@ -130,6 +265,9 @@ class InspectorMetrics:
         # Outcomes appear at 0 from the start, so that rate() and alerts work before the first event.
         for outcome in DELIVERY_OUTCOMES:
             self.mes_deliveries.labels(outcome=outcome)
+        nvml = start_nvml()
+        if nvml is not None:
+            self.registry.register(NvmlCollector(nvml))
 
     def frame_received(self, camera: str) -> None:
         self.frames_received.labels(camera=camera).inc()
