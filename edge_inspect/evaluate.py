@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from edge_inspect.models.package import ModelPackageError, Thresholds, load_package
-from edge_inspect.preprocess import preprocess_batch
+from edge_inspect.preprocess import PreprocessRecipe, crop, preprocess_batch
 from edge_inspect.rules import QualityRules, judge, normalise_scores
 
 EVAL_BATCH = 32
@@ -86,6 +86,46 @@ def review_metrics(labels: np.ndarray, scores: np.ndarray, thresholds: Threshold
     }
 
 
+def mask_path(sample: Any, root: Path) -> Path | None:
+    """The ground-truth mask of a defective test image in the common layout, if the data set has one:
+    `test/<type>/<name>.<ext>` ↔ `ground_truth/<type>/<name>_mask.png`."""
+    if not sample.defect_type:
+        return None
+    path = root / "ground_truth" / sample.defect_type / f"{sample.path.stem}_mask.png"
+    return path if path.is_file() else None
+
+
+def model_input_mask(path: Path | None, frame_hw: tuple[int, int], recipe: PreprocessRecipe) -> np.ndarray:
+    """A defect mask on the model input's pixel grid (all False without a mask): cropped to the recipe's ROI
+    and resampled by nearest neighbour, so each map pixel is compared with the mask pixel it looks at."""
+    import cv2
+
+    if path is None:
+        return np.zeros((recipe.height, recipe.width), dtype=bool)
+    mask = cv2.imread(str(path), cv2.IMREAD_GRAYSCALE)
+    if mask is None or mask.shape != frame_hw:
+        raise ValueError(
+            f"mask {path} is unreadable or not {frame_hw[1]}x{frame_hw[0]} like its image; "
+            "masks must be single-channel PNGs of the image's size"
+        )
+    region = crop(mask, recipe.roi)
+    resized = cv2.resize(region, (recipe.width, recipe.height), interpolation=cv2.INTER_NEAREST)
+    return resized > 0
+
+
+def pixel_auroc(maps: Sequence[np.ndarray], masks: Sequence[np.ndarray]) -> float | None:
+    """AUROC of anomaly-map pixels against mask pixels over a whole split (the MVTec AD convention);
+    None when no pixel is defective or none is good."""
+    from sklearn.metrics import roc_auc_score
+
+    if not maps:
+        return None
+    truth = np.concatenate([m.reshape(-1) for m in masks])
+    if truth.all() or not truth.any():
+        return None
+    return float(roc_auc_score(truth, np.concatenate([m.reshape(-1) for m in maps])))
+
+
 def evaluate_package(
     model_dir: Path,
     data: str = "elpv",
@@ -111,11 +151,24 @@ def evaluate_package(
     samples = limit_samples(splits[split], limit, seed)
     images = load_images(samples, progress=progress, desc=f"read {split}")
     model = load_model(package, device=device)
+    # Pixel-level figures where the model gives a map and the data set has masks: every image of the
+    # split counts, good ones with an empty mask; defective images without a mask file are left out.
+    masks = [mask_path(s, root) for s in samples]
+    with_masks = card.map_output is not None and any(m is not None for m in masks)
+    pixel_maps: list[np.ndarray] = []
+    pixel_masks: list[np.ndarray] = []
     started = time.perf_counter()
     scores: list[np.ndarray] = []
     for start in tqdm(range(0, len(images), EVAL_BATCH), desc="evaluate", unit="batch", disable=not progress):
         batch = preprocess_batch(images[start : start + EVAL_BATCH], card.preprocess)
-        scores.append(model.run(batch)[card.score_output].reshape(-1))
+        outputs = model.run(batch)
+        scores.append(outputs[card.score_output].reshape(-1))
+        if with_masks:
+            for offset, anomaly_map in enumerate(outputs[card.map_output]):  # type: ignore[index]
+                i = start + offset
+                if masks[i] is not None or not samples[i].defective:
+                    pixel_maps.append(np.asarray(anomaly_map, dtype=np.float32))
+                    pixel_masks.append(model_input_mask(masks[i], images[i].shape[:2], card.preprocess))
     seconds = time.perf_counter() - started
     all_scores = np.concatenate(scores) if scores else np.zeros(0, dtype=np.float32)
     labels = np.array([s.defective for s in samples], dtype=bool)
@@ -130,6 +183,8 @@ def evaluate_package(
         **compute_metrics(labels, all_scores, card.thresholds.threshold),
         "review_band": card.thresholds.review_band,
         **review_metrics(labels, all_scores, card.thresholds),
+        "pixel_auroc": pixel_auroc(pixel_maps, pixel_masks),
+        "pixel_auroc_images": len(pixel_maps),
         "seconds": round(seconds, 3),
         "images_per_second": round(len(images) / seconds, 1) if seconds > 0 else None,
     }
@@ -187,6 +242,11 @@ def format_report(result: dict[str, Any]) -> str:
             f"recall     {result['recall']:.4f}",
             f"f1         {result['f1']:.4f}",
             f"auroc      {auroc}",
+            *(
+                [f"pix auroc  {result['pixel_auroc']:.4f} over {result['pixel_auroc_images']} images"]
+                if result.get("pixel_auroc") is not None
+                else []
+            ),
             f"threshold  {result['threshold']:.4f} (review band ±{result['review_band']} normalised)",
             f"review     {result['review_rate']:.1%} of parts; accuracy on the rest "
             + ("n/a" if decided is None else f"{decided:.4f}"),

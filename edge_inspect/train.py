@@ -107,6 +107,8 @@ class TrainConfig:
             raise ValueError(f"recipe {self.recipe!r} is unknown; choose from {', '.join(RECIPES)}")
         if self.epochs < 1 or self.batch_size < 2 or (self.input_size is not None and self.input_size < 32):
             raise ValueError("epochs must be >= 1, batch size >= 2 and input size >= 32")
+        if not 0 <= self.frozen_stages <= 7:
+            raise ValueError(f"frozen stages must lie in 0..7 (Lite0 has 7 stages), not {self.frozen_stages}")
         if self.limit is not None and self.limit < 2:
             raise ValueError("--limit needs at least 2 images (one per class)")
         if self.threshold is not None and not 0.0 < self.threshold < 1.0:
@@ -583,6 +585,7 @@ def train_classifier_command(args: argparse.Namespace) -> int:
             input_size=args.input_size,
             batch_size=args.batch_size,
             lr=args.lr,
+            frozen_stages=args.frozen_stages,
             seed=args.seed,
             limit=args.limit,
             threshold=args.threshold,
@@ -617,6 +620,13 @@ def add_classifier_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch-size", type=int, default=defaults.batch_size)
     parser.add_argument(
         "--lr", type=float, default=defaults.lr, help=f"backbone learning rate ({defaults.lr})"
+    )
+    parser.add_argument(
+        "--frozen-stages",
+        type=int,
+        default=defaults.frozen_stages,
+        help=f"finetune: stem + this many backbone stages keep their ImageNet weights "
+        f"(default {defaults.frozen_stages}; 0 freezes the stem only)",
     )
     parser.add_argument("--seed", type=int, default=defaults.seed, help="split and training seed")
     parser.add_argument(

@@ -194,6 +194,36 @@ def test_trainer_on_a_folder_in_the_common_layout(tmp_path: Path) -> None:
     assert json.loads((out / "model.json").read_text())["family"] == "patchcore"
 
 
+def test_eval_reports_pixel_auroc_from_ground_truth_masks(tmp_path: Path) -> None:
+    from edge_inspect.evaluate import evaluate_package
+
+    rng = np.random.default_rng(2)
+    root = tmp_path / "brick"
+    layout = {
+        "train/good": texture_crops(20, (0, 320), rng),
+        "test/good": texture_crops(3, (320, 512), rng),
+        "test/spot": [paint_spot(f) for f in texture_crops(3, (320, 512), rng)],
+    }
+    for folder, frames in layout.items():
+        (root / folder).mkdir(parents=True)
+        for i, frame in enumerate(frames):
+            cv2.imwrite(str(root / folder / f"{i:03d}.png"), frame)
+    (root / "ground_truth/spot").mkdir(parents=True)
+    spot_mask = cv2.circle(np.zeros((SIZE, SIZE), np.uint8), (SPOT_X, SPOT_Y), SPOT_R, 255, thickness=-1)
+    # The third defective image has no mask: it counts for the image metrics only.
+    for i in range(2):
+        cv2.imwrite(str(root / f"ground_truth/spot/{i:03d}_mask.png"), spot_mask)
+    package = train_patchcore(
+        str(root), tmp_path / "package", input_size=SIZE, levels=(3, 4), coreset_ratio=0.25, progress=False
+    )
+
+    result = evaluate_package(package, data=str(root), split="test", device="cpu", progress=False)
+
+    assert (result["n"], result["n_defective"], result["auroc"]) == (6, 3, 1.0)
+    assert result["pixel_auroc_images"] == 5
+    assert result["pixel_auroc"] > 0.9
+
+
 def test_train_subcommand_parses_its_options() -> None:
     parser = argparse.ArgumentParser()
     register_train_subcommand(parser.add_subparsers(dest="family"))
