@@ -9,13 +9,18 @@ from __future__ import annotations
 
 import ctypes
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import cache
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from edge_inspect.logs import log_event
 from edge_inspect.models.package import ModelPackage
+
+if TYPE_CHECKING:
+    import onnxruntime as ort
 
 log = logging.getLogger(__name__)
 
@@ -69,7 +74,8 @@ class OnnxModel:
         return dict(zip(self.output_names, outputs, strict=True))
 
 
-def load_model(package: ModelPackage, device: str = "auto", threads: int = 0) -> OnnxModel:
+def session_options(threads: int = 0) -> ort.SessionOptions:
+    """The inspector's ONNX Runtime session options; `threads` 0 lets ONNX Runtime choose."""
     import onnxruntime as ort
 
     options = ort.SessionOptions()
@@ -78,17 +84,31 @@ def load_model(package: ModelPackage, device: str = "auto", threads: int = 0) ->
     options.log_severity_level = 3
     # Idle intra-op threads otherwise spin on the cores that the receiver, preprocessing and sinks need.
     options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    providers = choose_providers(device)
-    session = ort.InferenceSession(str(package.onnx_path), sess_options=options, providers=providers)
+    return options
+
+
+def card_outputs(package: ModelPackage, available: Sequence[str]) -> list[str]:
+    """The outputs the card names (score, then the map if any); refuses a graph that lacks one of them."""
     card = package.card
     wanted = [card.score_output] + ([card.map_output] if card.map_output else [])
-    available = [o.name for o in session.get_outputs()]
     missing = [name for name in wanted if name not in available]
     if missing:
         raise RuntimeError(
-            f"model {package.path} lacks output(s) {missing} named in its card (it has {available}); "
+            f"model {package.path} lacks output(s) {missing} named in its card (it has {list(available)}); "
             "re-export the package"
         )
+    return wanted
+
+
+def load_model(package: ModelPackage, device: str = "auto", threads: int = 0) -> OnnxModel:
+    import onnxruntime as ort
+
+    providers = choose_providers(device)
+    session = ort.InferenceSession(
+        str(package.onnx_path), sess_options=session_options(threads), providers=providers
+    )
+    card = package.card
+    wanted = card_outputs(package, [o.name for o in session.get_outputs()])
     model = OnnxModel(package, session, session.get_inputs()[0].name, wanted)
     log_event(
         log,
