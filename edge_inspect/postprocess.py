@@ -7,6 +7,7 @@ image-level defect. Maps are only examined for parts that are not clearly OK.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import cv2
@@ -57,19 +58,36 @@ def defect_regions(
     return sorted(regions, key=lambda d: d.area_px or 0, reverse=True)
 
 
+def part_scores(score_output: np.ndarray, card: ModelCard) -> tuple[np.ndarray, np.ndarray]:
+    """The batch's raw scores (float64, one per part) and their normalised values."""
+    raw_scores = np.asarray(score_output, dtype=np.float64).reshape(-1)
+    return raw_scores, normalise_scores(raw_scores, card.thresholds)
+
+
+def clearly_ok(score: float, card: ModelCard, rules: QualityRules) -> bool:
+    """Below the REVIEW band: an OK part whose anomaly map, if any, is never examined."""
+    return score < NORMALISED_THRESHOLD - rules.band(card.thresholds)
+
+
+def examined_rows(score_output: np.ndarray, card: ModelCard, rules: QualityRules) -> list[int]:
+    """The batch rows whose anomaly map `postprocess` reads: those of the parts not clearly OK."""
+    _, scores = part_scores(score_output, card)
+    return [row for row, score in enumerate(scores) if not clearly_ok(float(score), card, rules)]
+
+
 def postprocess(
-    outputs: dict[str, np.ndarray],
+    outputs: Mapping[str, np.ndarray | Mapping[int, np.ndarray]],
     card: ModelCard,
     rules: QualityRules,
     frame_hws: list[tuple[int, int]],
 ) -> list[Judgement]:
-    raw_scores = np.asarray(outputs[card.score_output], dtype=np.float64).reshape(-1)
-    scores = normalise_scores(raw_scores, card.thresholds)
+    """Judge a batch. The map output may be the whole (N, ...) array or only the `examined_rows`, by row
+    index (what a device runtime copies back), since no other row is read."""
+    raw_scores, scores = part_scores(outputs[card.score_output], card)
     maps = outputs.get(card.map_output) if card.map_output else None
     judgements = []
     for i, (raw, score) in enumerate(zip(raw_scores, scores, strict=True)):
-        clearly_ok = score < NORMALISED_THRESHOLD - rules.band(card.thresholds)
-        if clearly_ok:
+        if clearly_ok(float(score), card, rules):
             defects: list[Defect] = []
         elif maps is not None:
             anomaly_map = np.asarray(maps[i]).squeeze()

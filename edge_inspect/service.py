@@ -26,15 +26,27 @@ import time
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from edge_inspect.contracts import VERDICTS, ContractError, Defect, InspectionResult, ModelRef, StageTimings
 from edge_inspect.datasets import stable_fraction
+from edge_inspect.frame_path import (
+    FRAME_PATHS,
+    DeviceFramePath,
+    FramePlan,
+    choose_frame_path,
+    host_image,
+    probe_device_path,
+)
 from edge_inspect.logs import log_event
-from edge_inspect.models.package import ModelCard
+from edge_inspect.models.package import ModelCard, ModelPackage
 from edge_inspect.rules import NORMALISED_THRESHOLD, QualityRules
+from edge_inspect.runtimes import DEVICE_REQUESTS, RUNTIMES
+
+if TYPE_CHECKING:
+    import torch
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +74,11 @@ class InspectorConfig:
     queue_depth: int = 32
     device: str = "auto"
     threads: int = 0
+    # Where frames are decoded and preprocessed (see frame_path.py), and what runs the model on the device
+    # path; the host path always runs ONNX Runtime.
+    frame_path: str = "auto"
+    runtime: str = "ort"
+    cuda_graph: bool = False
     rules: QualityRules = field(default_factory=QualityRules)
     # Share of OK parts whose images are archived too, so retraining gets fresh good images.
     archive_ok_rate: float = 0.0
@@ -71,6 +88,19 @@ class InspectorConfig:
             raise ValueError("a registry needs a model name: which of its models to serve (--model-name)")
         if (self.model_dir is None) == (self.registry is None):
             raise ValueError("give either a model directory (--model) or a registry (--registry), not both")
+        if self.frame_path not in FRAME_PATHS:
+            raise ValueError(f"frame path {self.frame_path!r} is not one of {FRAME_PATHS} (--frame-path)")
+        if self.runtime not in RUNTIMES:
+            raise ValueError(f"runtime {self.runtime!r} is not one of {RUNTIMES} (--runtime)")
+        if self.cuda_graph and self.runtime != "torch":
+            raise ValueError(
+                "--cuda-graph replays the torch runtime's CUDA graphs; add --runtime torch or drop it"
+            )
+        if self.frame_path == "host" and (self.runtime != "ort" or self.cuda_graph):
+            raise ValueError(
+                "--runtime torch and --cuda-graph run on the device frame path only; use --frame-path device "
+                "or auto, or drop them"
+            )
 
     @property
     def db_path(self) -> Path:
@@ -88,54 +118,96 @@ class InspectorConfig:
 
 @dataclass(frozen=True)
 class ActiveModel:
-    """Everything one model version needs to judge a batch; replaced whole on a swap."""
+    """Everything one model version needs to judge a batch; replaced whole on a swap.
+
+    `model` is an `infer.OnnxModel` on the host path and a `runtimes.DeviceRuntime` on the device path;
+    `device` ("cuda" or "cpu") labels the stage histograms, `provider` names what runs the graph.
+    """
 
     model: Any
     card: ModelCard
     ref: ModelRef
     device: str
+    provider: str
 
 
-def load_active(package_dir: Path, config: InspectorConfig) -> ActiveModel:
-    """Load, verify (hash) and smoke-test a package; raises if it must not serve."""
-    from edge_inspect.infer import load_model
+def load_active(package_dir: Path, config: InspectorConfig, plan: FramePlan) -> ActiveModel:
+    """Load, verify (hash) and smoke-test a package for the inspector's frame path; raises if it must not
+    serve."""
     from edge_inspect.models.package import load_package
 
     package = load_package(package_dir)
-    model = load_model(package, config.device, config.threads)
     card = package.card
     recipe = card.preprocess
     smoke_shape = (2, recipe.channels, recipe.height, recipe.width)
-    smoke = model.run(np.random.default_rng(0).standard_normal(smoke_shape).astype(np.float32))
-    score = np.asarray(smoke[card.score_output])
+    smoke = np.random.default_rng(0).standard_normal(smoke_shape).astype(np.float32)
+    if plan.path == "device":
+        active, score = _load_on_device(package, config, plan, smoke)
+    else:
+        active, score = _load_on_host(package, config, smoke)
     if score.shape != (2,) or not np.isfinite(score).all():
         raise RuntimeError(
             f"model {card.name} {card.version} failed its smoke inference (score shape {score.shape}, "
             f"finite: {bool(np.isfinite(score).all())}); it was not loaded"
         )
+    return active
+
+
+def _load_on_host(
+    package: ModelPackage, config: InspectorConfig, smoke: np.ndarray
+) -> tuple[ActiveModel, np.ndarray]:
+    from edge_inspect.infer import load_model
+
+    model = load_model(package, config.device, config.threads)
+    score = np.asarray(model.run(smoke)[package.card.score_output])
     device = "cuda" if model.provider.startswith("CUDA") else "cpu"
-    return ActiveModel(model, card, ModelRef(card.name, card.version, card.onnx_sha256), device)
+    return ActiveModel(model, package.card, model_ref(package.card), device, model.provider), score
+
+
+def _load_on_device(
+    package: ModelPackage, config: InspectorConfig, plan: FramePlan, smoke: np.ndarray
+) -> tuple[ActiveModel, np.ndarray]:
+    """A device runtime, smoke-tested the way it serves: from a batch already on its device."""
+    import torch
+
+    from edge_inspect.runtimes import load_runtime
+    from edge_inspect.runtimes.base import fetch_outputs
+
+    assert plan.device is not None
+    runtime = load_runtime(package, plan.runtime, plan.device, config.cuda_graph, config.threads)
+    batch = torch.from_numpy(smoke).to(runtime.device, runtime.input_dtype)
+    score, _ = fetch_outputs(runtime.run_device(batch), package.card.score_output, None, ())
+    provider = runtime.provider if plan.runtime == "ort" else "torch"
+    active = ActiveModel(runtime, package.card, model_ref(package.card), runtime.device.type, provider)
+    return active, score
+
+
+def model_ref(card: ModelCard) -> ModelRef:
+    return ModelRef(card.name, card.version, card.onnx_sha256)
 
 
 @dataclass(frozen=True)
 class PreparedBatch:
-    """A decoded, preprocessed batch waiting for inference, with the model chosen for it."""
+    """A decoded, preprocessed batch waiting for inference, with the model chosen for it. On the device
+    path `inputs` is the device tensor, held here until inference has read it."""
 
     active: ActiveModel
     frames: list[Any]
-    images: list[np.ndarray]
+    images: list[np.ndarray | torch.Tensor | None]
     decode_ms: list[float]
-    inputs: np.ndarray
+    inputs: np.ndarray | torch.Tensor | None
     preprocess_ms: float
     t_batch_ns: int
+    # Set when decoding or preprocessing the batch raised: its frames become REVIEW results naming it.
+    failure: str | None = None
 
 
 @dataclass(frozen=True)
 class Outcome:
-    """One judged frame on its way to the sinks."""
+    """One judged frame on its way to the sinks, with its image in host memory when it is to be archived."""
 
     result: InspectionResult
-    image: np.ndarray
+    archive_image: np.ndarray | None
     device: str
 
 
@@ -144,6 +216,17 @@ def should_archive(result: InspectionResult, ok_rate: float) -> bool:
     if result.verdict in ARCHIVED_VERDICTS:
         return True
     return ok_rate > 0 and stable_fraction(result.result_id) < ok_rate
+
+
+def image_to_archive(
+    result: InspectionResult, image: np.ndarray | torch.Tensor | None, ok_rate: float
+) -> np.ndarray | None:
+    """The image to archive with `result` (see should_archive), in host memory; None when it is not archived.
+    Decided when judging, so a JPEG decoded on the device is copied back only for the parts archived, and
+    device memory is not held while results wait for the sinks."""
+    if image is None:  # the batch failed before its frames were decoded
+        return None
+    return host_image(image) if should_archive(result, ok_rate) else None
 
 
 class SeqTracker:
@@ -175,8 +258,11 @@ class Inspector:
         config.workdir.mkdir(parents=True, exist_ok=True)
         self.metrics = InspectorMetrics()
         self._promoted_version: str | None = None
-        self.active = load_active(self._initial_package_dir(), config)
-        self.metrics.set_model(self.active.ref, self.active.card.family, self.active.model.provider)
+        self.plan = plan_frame_path(config)
+        self.active = load_active(self._initial_package_dir(), config, self.plan)
+        # Every model a swap brings is loaded for the same plan, so onto this same device.
+        self._device_path = DeviceFramePath(self.active.model.device) if self.plan.path == "device" else None
+        self.metrics.set_model(self.active.ref, self.active.card.family, self.active.provider)
         self.metrics_server = (
             self.metrics.serve(config.metrics_port, config.metrics_addr)
             if config.metrics_port is not None
@@ -234,8 +320,12 @@ class Inspector:
             logging.WARNING if self.active.device == "cpu" else logging.INFO,
             "inspector_started",
             model=f"{self.active.card.name}:{self.active.card.version}",
-            provider=self.active.model.provider,
+            frame_path=self.plan.path,
+            runtime=self.plan.runtime,
+            cuda_graph=self.config.cuda_graph and self.plan.path == "device",
             device=self.active.device,
+            provider=self.active.provider,
+            why=self.plan.reason,
             bind=self.receiver.endpoint,
             results=self.results_endpoint,
             metrics_port=self.metrics_server.port if self.metrics_server else None,
@@ -288,7 +378,7 @@ class Inspector:
             "dropped_by_reason": dict(totals["dropped"]),
             "malformed": sum(totals["malformed"].values()),
             "malformed_by_reason": dict(totals["malformed"]),
-            "provider": self.active.model.provider,
+            "provider": self.active.provider,
             "model": f"{self.active.card.name}:{self.active.card.version}",
         }
 
@@ -332,7 +422,7 @@ class Inspector:
                 package_dir = local_package_dir(
                     store, config.model_name, promotion.version, config.model_cache_dir
                 )
-                candidate = load_active(package_dir, config)
+                candidate = load_active(package_dir, config, self.plan)
             except Exception as exc:  # any failure to load keeps the serving model
                 self.metrics.model_swap("rejected")
                 log_event(
@@ -345,7 +435,7 @@ class Inspector:
                 )
                 continue
             previous, self.active = self.active, candidate
-            self.metrics.set_model(candidate.ref, candidate.card.family, candidate.model.provider)
+            self.metrics.set_model(candidate.ref, candidate.card.family, candidate.provider)
             self.metrics.model_swap("swapped")
             log_event(
                 log,
@@ -395,7 +485,10 @@ class Inspector:
             while True:
                 batch = self.queues.next_batch(self.config.max_batch, self.config.max_wait_ms / 1000)
                 if batch:
-                    prepared = self._prepare(batch)
+                    try:
+                        prepared = self._prepare(batch)
+                    except Exception as exc:  # a failing batch must not stop the line: judge it REVIEW
+                        prepared = self._failed_batch(batch, exc)
                     if prepared is not None:
                         self._prepared.put(prepared)
                 elif self._receiver_done.is_set() and self.queues.total() == 0:
@@ -417,6 +510,8 @@ class Inspector:
         # One model for the whole batch: a swap takes effect at the next batch, never inside one.
         active = self.active
         t_batch = time.time_ns()
+        if self._device_path is not None:
+            return self._prepare_on_device(self._device_path, batch, active, t_batch)
         frames, images, decode_ms = [], [], []
         for frame in batch:
             t0 = time.perf_counter()
@@ -436,24 +531,56 @@ class Inspector:
         preprocess_ms = (time.perf_counter() - t0) * 1e3
         return PreparedBatch(active, frames, images, decode_ms, inputs, preprocess_ms, t_batch)
 
+    def _failed_batch(self, batch: list, exc: Exception) -> PreparedBatch:
+        log_event(log, logging.ERROR, "preprocess_failed", error=repr(exc), batch=len(batch))
+        n = len(batch)
+        return PreparedBatch(
+            self.active, batch, [None] * n, [0.0] * n, None, 0.0, time.time_ns(), failure=repr(exc)
+        )
+
+    def _prepare_on_device(
+        self, device_path: DeviceFramePath, batch: list, active: ActiveModel, t_batch: int
+    ) -> PreparedBatch | None:
+        ready, rejected = device_path.prepare(batch, active.card.preprocess, active.model.input_dtype)
+        for exc, frame in rejected:
+            self._reject(exc, frame.header.camera_id)
+        if ready is None:
+            return None
+        self.metrics.observe_batch(len(ready.frames))
+        return PreparedBatch(
+            active, ready.frames, ready.images, ready.decode_ms, ready.inputs, ready.preprocess_ms, t_batch
+        )
+
+    def _infer(self, active: ActiveModel, inputs: np.ndarray | torch.Tensor) -> dict[str, Any]:
+        """The model's outputs as host arrays, as far as postprocess reads them."""
+        if self._device_path is None:
+            return active.model.run(inputs)
+        return self._device_path.infer(active.model, inputs, active.card, self.config.rules)
+
     def _judge(self, prepared: PreparedBatch) -> list[Outcome]:
         from edge_inspect.postprocess import Judgement, postprocess
 
         active, frames, images = prepared.active, prepared.frames, prepared.images
-        t1 = time.perf_counter()
+        t1 = t2 = time.perf_counter()
+        stage = "preprocess"
         try:
-            outputs = active.model.run(prepared.inputs)
-        except Exception as exc:  # any runtime failure must still account for every frame
-            self.metrics.inference_error()
-            log_event(log, logging.ERROR, "inference_failed", error=repr(exc), batch=len(frames))
-            error = Defect(cls="inference_error", score=1.0)
-            judgements = [Judgement(float("nan"), NORMALISED_THRESHOLD, "REVIEW", [error]) for _ in frames]
-            t2 = t3 = time.perf_counter()
-        else:
+            if prepared.failure is not None:
+                raise RuntimeError(prepared.failure)
+            stage = "infer"
+            outputs = self._infer(active, prepared.inputs)
             t2 = time.perf_counter()
+            stage = "postprocess"
             hws = [(img.shape[0], img.shape[1]) for img in images]
             judgements = postprocess(outputs, active.card, self.config.rules, hws)
-            t3 = time.perf_counter()
+        except Exception as exc:  # any stage's failure must still account for every frame
+            if stage == "infer":
+                t2 = time.perf_counter()
+            self.metrics.stage_error(stage)
+            if prepared.failure is None:
+                log_event(log, logging.ERROR, f"{stage}_failed", error=repr(exc), batch=len(frames))
+            error = Defect(cls=f"{stage}_error", score=1.0)
+            judgements = [Judgement(float("nan"), NORMALISED_THRESHOLD, "REVIEW", [error]) for _ in frames]
+        t3 = time.perf_counter()
         infer_ms, post_ms = (t2 - t1) * 1e3, (t3 - t2) * 1e3
         t_done = time.time_ns()
         outcomes = []
@@ -483,7 +610,8 @@ class Inspector:
                 model=active.ref,
                 timings_ms=timings,
             )
-            outcomes.append(Outcome(result, image, active.device))
+            archived = image_to_archive(result, image, self.config.archive_ok_rate)
+            outcomes.append(Outcome(result, archived, active.device))
         return outcomes
 
     # -- sink thread ------------------------------------------------------------------------------
@@ -502,8 +630,9 @@ class Inspector:
         results = []
         for outcome in outcomes:
             result = outcome.result
-            if should_archive(result, self.config.archive_ok_rate):
-                result = dataclasses.replace(result, image_path=store.archive_image(result, outcome.image))
+            if outcome.archive_image is not None:
+                path = store.archive_image(result, outcome.archive_image)
+                result = dataclasses.replace(result, image_path=path)
             results.append(result)
         store.add_results(results, with_outbox=self.config.mes_url is not None)
         if self._deliverer is not None:
@@ -512,6 +641,13 @@ class Inspector:
             self.metrics.observe_result(result, outcome.device)
             if self._publisher is not None:
                 self._publisher.send_multipart([result.camera_id.encode(), result.to_json().encode()])
+
+
+def plan_frame_path(config: InspectorConfig) -> FramePlan:
+    """The frame path for this machine; raises RuntimeError when the one requested cannot run here."""
+    return choose_frame_path(
+        config.frame_path, config.device, config.runtime, probe_device_path(config.runtime)
+    )
 
 
 def config_from_args(args: argparse.Namespace) -> InspectorConfig:
@@ -531,6 +667,9 @@ def config_from_args(args: argparse.Namespace) -> InspectorConfig:
         queue_depth=args.queue_depth,
         device=args.device,
         threads=args.threads,
+        frame_path=args.frame_path,
+        runtime=args.runtime,
+        cuda_graph=args.cuda_graph,
         rules=QualityRules(min_defect_area_px=args.min_defect_area, review_band=args.review_band),
         archive_ok_rate=args.archive_ok_rate,
     )
@@ -551,7 +690,11 @@ def run_until_signalled(config: InspectorConfig, seconds: float | None = None) -
                     "bind": inspector.receiver.endpoint,
                     "results": inspector.results_endpoint,
                     "metrics_port": inspector.metrics_server.port if inspector.metrics_server else None,
-                    "provider": inspector.active.model.provider,
+                    "provider": inspector.active.provider,
+                    "frame_path": inspector.plan.path,
+                    "runtime": inspector.plan.runtime,
+                    "device": inspector.active.device,
+                    "why": inspector.plan.reason,
                 }
             ),
             flush=True,
@@ -610,9 +753,40 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--queue-depth", type=int, default=32, help="frames queued per lossless camera")
     p.add_argument(
-        "--device", choices=("auto", "cpu", "cuda"), default="auto", help="execution provider choice"
+        "--device",
+        choices=DEVICE_REQUESTS,
+        default="auto",
+        help="where the model runs: auto (a usable CUDA GPU, else the CPU), cpu or cuda "
+        "(default: %(default)s)",
     )
-    p.add_argument("--threads", type=int, default=0, help="ONNX Runtime intra-op threads (0: all cores)")
+    p.add_argument(
+        "--frame-path",
+        choices=FRAME_PATHS,
+        default="auto",
+        help="where frames are decoded and preprocessed: host (OpenCV and numpy, then ONNX Runtime), "
+        "device (JPEG decoded by torchvision/nvJPEG, raw frames staged through pinned memory, the fused "
+        "preprocessing kernel and the model all on the --device, only the scores and the map rows needed "
+        "copied back; with --device cpu the same path on CPU tensors), or auto: device when a CUDA GPU, "
+        "torch and triton are usable, else host (default: %(default)s)",
+    )
+    p.add_argument(
+        "--runtime",
+        choices=RUNTIMES,
+        default="ort",
+        help="what runs the model on the device path: ort (ONNX Runtime with IOBinding) or torch (the same "
+        "model.onnx converted by onnx2torch) (default: %(default)s)",
+    )
+    p.add_argument(
+        "--cuda-graph",
+        action="store_true",
+        help="with --runtime torch on a CUDA device: capture each batch size as a CUDA graph and replay it",
+    )
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=0,
+        help="ONNX Runtime intra-op threads, on the host path or with --runtime ort (0: all cores)",
+    )
     p.add_argument(
         "--min-defect-area", type=int, default=0, help="rule: defects smaller than this (px) are tolerated"
     )

@@ -110,13 +110,20 @@ def assert_close(result: torch.Tensor, expected: np.ndarray, dtype: torch.dtype,
 
 
 def run_poisoned(
-    implementation: Implementation, packed: PackedFrames, recipe: PreprocessRecipe, dtype: torch.dtype,
+    implementation: Implementation,
+    packed: PackedFrames,
+    recipe: PreprocessRecipe,
+    dtype: torch.dtype,
     rois: list[Roi | None] | None,
 ) -> torch.Tensor:
     """Runs into a NaN-filled buffer one frame larger than the batch; checks the spare frame stays NaN."""
     count = len(packed)
-    out = torch.full((count + 1, recipe.channels, recipe.height, recipe.width), float("nan"), dtype=dtype,
-                     device=packed.device)
+    out = torch.full(
+        (count + 1, recipe.channels, recipe.height, recipe.width),
+        float("nan"),
+        dtype=dtype,
+        device=packed.device,
+    )
     result = implementation(packed, recipe, dtype, out, rois)
     assert result.shape == (count, *out.shape[1:]) and result.data_ptr() == out.data_ptr()
     assert torch.isnan(out[count]).all(), "wrote past the batch"

@@ -73,7 +73,7 @@ def test_scrape_reports_every_metric_with_labels(metrics: InspectorMetrics, serv
     metrics.observe_batch(3)
     metrics.observe_batch(64)
     metrics.observe_stage("decode", 0.0004)
-    metrics.inference_error()
+    metrics.stage_error("infer")
     metrics.observe_deliveries(delivered=5, retried=2, dead=1)
     metrics.set_outbox_pending(7)
     metrics.set_model(MODEL, family="classifier", provider="CUDAExecutionProvider")
@@ -87,7 +87,7 @@ def test_scrape_reports_every_metric_with_labels(metrics: InspectorMetrics, serv
     assert value(samples, "edgeinspect_frames_dropped_total", camera="cam2", reason="queue_full") == 1
     assert value(samples, "edgeinspect_malformed_messages_total", reason="bad_json") == 1
     assert value(samples, "edgeinspect_queue_depth", camera="cam1") == 4
-    assert value(samples, "edgeinspect_inference_errors_total") == 1
+    assert value(samples, "edgeinspect_stage_errors_total", stage="infer") == 1
     assert value(samples, "edgeinspect_mes_deliveries_total", outcome="delivered") == 5
     assert value(samples, "edgeinspect_mes_deliveries_total", outcome="retry") == 2
     assert value(samples, "edgeinspect_mes_deliveries_total", outcome="dead") == 1

@@ -15,6 +15,7 @@ from edge_inspect.contracts import FrameHeader, InspectionResult
 from edge_inspect.service import Inspector, InspectorConfig, SeqTracker, should_archive
 from edge_inspect.sinks.record_store import RecordStore
 from tests.helpers import MesReceiver, wait_until
+from tests.toy_models import make_toy_package
 
 
 def send(sender: FrameSender, seq: int, brightness: int, encoding: str = "raw", camera: str = "cam1") -> None:
@@ -119,6 +120,39 @@ def test_graceful_stop_drains_every_accepted_frame(toy_model_dir: Path, tmp_path
         assert sum(store.counts_by_verdict().values()) == 40
     finally:
         store.close()
+
+
+def test_a_batch_that_fails_to_preprocess_is_judged_review_and_the_line_goes_on(tmp_path: Path) -> None:
+    # The recipe crops 60x40 frames; a camera sending smaller ones makes preprocessing raise.
+    model_dir = make_toy_package(tmp_path / "roi-model", roi=(0, 0, 60, 40))
+    config = InspectorConfig(
+        model_dir=model_dir, workdir=tmp_path, bind="tcp://127.0.0.1:*", results_bind=None, metrics_port=0
+    )
+    small = np.full((20, 30), 250, np.uint8)
+    with Inspector(config) as inspector:
+        sender = FrameSender(inspector.receiver.endpoint)
+        for seq in range(3):
+            sender.send(FrameHeader("small", seq, "st1", 0, 30, 20, 1, "uint8", "raw"), small)
+        wait_until(lambda: inspector.summary()["inspected"] == 3, 20, "3 results for the failing camera")
+        for seq in range(3):
+            send(sender, seq, 250)
+        wait_until(lambda: inspector.summary()["inspected"] == 6, 20, "3 more results after the failure")
+        metrics_text = (
+            urllib.request.urlopen(f"http://127.0.0.1:{inspector.metrics_server.port}/metrics", timeout=5)
+            .read()
+            .decode()
+        )
+        sender.close()
+    store = RecordStore(tmp_path / "records.sqlite")
+    try:
+        records = store.query(limit=100)
+    finally:
+        store.close()
+    failed = [r for r in records if r.camera_id == "small"]
+    assert [r.verdict for r in failed] == ["REVIEW"] * 3
+    assert all(r.defects[0].cls == "preprocess_error" for r in failed)
+    assert sorted(r.verdict for r in records if r.camera_id == "cam1") == ["NG"] * 3
+    assert 'edgeinspect_stage_errors_total{stage="preprocess"}' in metrics_text
 
 
 def test_seq_tracker_and_archive_sampling() -> None:

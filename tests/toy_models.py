@@ -13,7 +13,12 @@ from edge_inspect.preprocess import PreprocessRecipe
 TOY_SIZE = 32
 
 
-def make_toy_package(directory: Path, with_map: bool = False, version: str = "1") -> Path:
+def make_toy_package(
+    directory: Path,
+    with_map: bool = False,
+    version: str = "1",
+    roi: tuple[int, int, int, int] | None = None,
+) -> Path:
     """score = mean (or, with a map, max) brightness in [0, 1]; map = per-pixel brightness."""
     directory.mkdir(parents=True, exist_ok=True)
     image = helper.make_tensor_value_info("image", TensorProto.FLOAT, ["batch", 1, TOY_SIZE, TOY_SIZE])
@@ -43,7 +48,7 @@ def make_toy_package(directory: Path, with_map: bool = False, version: str = "1"
         name="toy-brightness" + ("-map" if with_map else ""),
         version=version,
         family="toy",
-        preprocess=PreprocessRecipe(TOY_SIZE, TOY_SIZE, "mono", (0.0,), (1.0,)),
+        preprocess=PreprocessRecipe(TOY_SIZE, TOY_SIZE, "mono", (0.0,), (1.0,), roi=roi),
         thresholds=Thresholds(threshold=0.5, score_low=0.0, score_high=1.0, review_band=0.05),
         map_output="anomaly_map" if with_map else None,
         classes=("bright",),

@@ -47,8 +47,10 @@ class PackedFrames:
 
     def __post_init__(self) -> None:
         if self.data.ndim != 1 or self.data.dtype not in _SAMPLE_DTYPES:
-            raise ValueError(f"packed data must be a flat uint8 or uint16 tensor, not {self.data.dtype} "
-                             f"of shape {tuple(self.data.shape)}")
+            raise ValueError(
+                f"packed data must be a flat uint8 or uint16 tensor, not {self.data.dtype} "
+                f"of shape {tuple(self.data.shape)}"
+            )
         if self.channels not in (1, 3):
             raise ValueError(f"frames must have 1 (mono) or 3 (BGR) channels, not {self.channels}")
         if not self.offsets or not len(self.offsets) == len(self.heights) == len(self.widths):
@@ -121,8 +123,12 @@ def pack_frames(frames: Sequence[Frame], device: torch.device | str | None = Non
     target = resolve_device(device, _device_of(hwc[0]))
     on_target = all(_device_of(frame) == target for frame in hwc)
     sizes = [int(np.prod(frame.shape)) for frame in hwc]
-    staging = torch.empty(sum(sizes), dtype=dtype, device=target if on_target else torch.device("cpu"),
-                          pin_memory=not on_target and target.type == "cuda")
+    staging = torch.empty(
+        sum(sizes),
+        dtype=dtype,
+        device=target if on_target else torch.device("cpu"),
+        pin_memory=not on_target and target.type == "cuda",
+    )
     # Numpy frames always land in a host staging buffer; copying them through its numpy view avoids
     # torch.from_numpy, which warns on the read-only buffers cameras and ZeroMQ hand out.
     offsets = tuple(itertools.accumulate(sizes[:-1], initial=0))
@@ -184,8 +190,10 @@ def _cached_tables(
     def stacked(tables: list[tuple[np.ndarray, ...]], part: int) -> torch.Tensor:
         return torch.from_numpy(np.stack([table[part] for table in tables])).to(device)
 
-    origins = [offset + (y * width + x) * channels
-               for offset, width, (x, y, _, _) in zip(offsets, widths, rois, strict=True)]
+    origins = [
+        offset + (y * width + x) * channels
+        for offset, width, (x, y, _, _) in zip(offsets, widths, rois, strict=True)
+    ]
     return BatchTables(
         origin=torch.tensor(origins, dtype=torch.int64).to(device),
         row_stride=torch.tensor([w * channels for w in widths], dtype=torch.int64).to(device),
@@ -202,8 +210,15 @@ def batch_tables(
     packed: PackedFrames, recipe: PreprocessRecipe, rois: Sequence[Roi | None] | None = None
 ) -> BatchTables:
     """The cached addressing and coordinate tables of a batch; `rois` (one per frame) overrides recipe.roi."""
-    return _cached_tables(packed.offsets, packed.widths, packed.channels, _frame_rois(packed, recipe, rois),
-                          recipe.height, recipe.width, packed.device)
+    return _cached_tables(
+        packed.offsets,
+        packed.widths,
+        packed.channels,
+        _frame_rois(packed, recipe, rois),
+        recipe.height,
+        recipe.width,
+        packed.device,
+    )
 
 
 def normalisation(
@@ -217,7 +232,10 @@ def normalisation(
 
 
 def output_buffer(
-    out: torch.Tensor | None, out_dtype: torch.dtype | None, count: int, recipe: PreprocessRecipe,
+    out: torch.Tensor | None,
+    out_dtype: torch.dtype | None,
+    count: int,
+    recipe: PreprocessRecipe,
     device: torch.device,
 ) -> torch.Tensor:
     """The (count, C, height, width) result: `out[:count]` when given (it may hold more), else a new tensor.

@@ -251,9 +251,10 @@ class InspectorMetrics:
             "The model being served.",
             registry=self.registry,
         )
-        self.inference_errors = Counter(
-            "edgeinspect_inference_errors",
-            "Batches whose inference raised an error.",
+        self.stage_errors = Counter(
+            "edgeinspect_stage_errors",
+            "Batches whose preprocessing, inference or postprocessing raised; their parts became REVIEW.",
+            ["stage"],
             registry=self.registry,
         )
         self.model_swaps = Counter(
@@ -299,8 +300,8 @@ class InspectorMetrics:
             milliseconds: float = getattr(result.timings_ms, stage)
             self.observe_stage(stage, milliseconds / 1000.0, device)
 
-    def inference_error(self) -> None:
-        self.inference_errors.inc()
+    def stage_error(self, stage: str) -> None:
+        self.stage_errors.labels(stage).inc()
 
     def model_swap(self, outcome: str) -> None:
         self.model_swaps.labels(outcome=outcome).inc()
