@@ -161,18 +161,22 @@ def test_package_through_the_inspector_finds_the_spot(package_dir: Path, parts: 
     assert covering[0].cls == "anomaly"
 
 
-def test_trainer_on_a_folder_in_the_common_layout(tmp_path: Path) -> None:
-    rng = np.random.default_rng(1)
-    root = tmp_path / "brick"
+def write_brick_folder(root: Path, rng: np.random.Generator, test_good: int, test_spot: int) -> Path:
+    """A data folder in the common layout: 20 clean crops to train on, clean and spotted crops to test."""
     layout = {
         "train/good": texture_crops(20, (0, 320), rng),
-        "test/good": texture_crops(2, (320, 512), rng),
-        "test/spot": [paint_spot(f) for f in texture_crops(2, (320, 512), rng)],
+        "test/good": texture_crops(test_good, (320, 512), rng),
+        "test/spot": [paint_spot(f) for f in texture_crops(test_spot, (320, 512), rng)],
     }
     for folder, frames in layout.items():
         (root / folder).mkdir(parents=True)
         for i, frame in enumerate(frames):
             cv2.imwrite(str(root / folder / f"{i:03d}.png"), frame)
+    return root
+
+
+def test_trainer_on_a_folder_in_the_common_layout(tmp_path: Path) -> None:
+    root = write_brick_folder(tmp_path / "brick", np.random.default_rng(1), test_good=2, test_spot=2)
     (root / "ground_truth/spot").mkdir(parents=True)
     cv2.imwrite(str(root / "ground_truth/spot/000_mask.png"), np.zeros((SIZE, SIZE), np.uint8))
 
@@ -197,17 +201,7 @@ def test_trainer_on_a_folder_in_the_common_layout(tmp_path: Path) -> None:
 def test_eval_reports_pixel_auroc_from_ground_truth_masks(tmp_path: Path) -> None:
     from edge_inspect.evaluate import evaluate_package
 
-    rng = np.random.default_rng(2)
-    root = tmp_path / "brick"
-    layout = {
-        "train/good": texture_crops(20, (0, 320), rng),
-        "test/good": texture_crops(3, (320, 512), rng),
-        "test/spot": [paint_spot(f) for f in texture_crops(3, (320, 512), rng)],
-    }
-    for folder, frames in layout.items():
-        (root / folder).mkdir(parents=True)
-        for i, frame in enumerate(frames):
-            cv2.imwrite(str(root / folder / f"{i:03d}.png"), frame)
+    root = write_brick_folder(tmp_path / "brick", np.random.default_rng(2), test_good=3, test_spot=3)
     (root / "ground_truth/spot").mkdir(parents=True)
     spot_mask = cv2.circle(np.zeros((SIZE, SIZE), np.uint8), (SPOT_X, SPOT_Y), SPOT_R, 255, thickness=-1)
     # The third defective image has no mask: it counts for the image metrics only.
