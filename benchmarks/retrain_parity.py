@@ -63,27 +63,38 @@ def main() -> int:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--recipe", default="linear-probe", choices=("linear-probe", "finetune"))
+    parser.add_argument(
+        "--direct",
+        type=Path,
+        default=None,
+        help="a classifier package already trained directly on ELPV with the default split (skips step 1; "
+        "its recipe is the one retrained)",
+    )
     parser.add_argument("--workdir", type=Path, default=Path("var/retrain-parity"))
     args = parser.parse_args()
     work = args.workdir / time.strftime("%Y%m%d-%H%M%S")
     registry = work / "registry"
     started = time.perf_counter()
-    direct = train_classifier(TrainConfig(out=work / "direct", recipe=args.recipe, name=NAME))
-    publish(registry, direct.path)
-    promote(registry, NAME, direct.card.version)
+    if args.direct is None:
+        direct = train_classifier(TrainConfig(out=work / "direct", recipe=args.recipe, name=NAME)).card
+        publish(registry, work / "direct")
+    else:
+        direct = publish(registry, args.direct)
+    recipe = direct.training["recipe"]
+    promote(registry, direct.name, direct.version)
     seeded = seed_record_store(work / "records.sqlite")
     retrain_args = [
         "retrain",
-        *("--db", str(work / "records.sqlite"), "--registry", str(registry), "--model-name", NAME),
+        *("--db", str(work / "records.sqlite"), "--registry", str(registry), "--model-name", direct.name),
         *("--base-data", "none", "--test-data", "elpv", "--line-holdout", "0", "--tolerance", "1"),
-        *("--recipe", args.recipe, "--workdir", str(work / "retrain")),
+        *("--recipe", recipe, "--workdir", str(work / "retrain")),
     ]
     outcome = retrain(build_parser().parse_args(retrain_args))
     direct_acc, retrained_acc = outcome["serving"]["accuracy"], outcome["candidate"]["accuracy"]
     print(
         json.dumps(
             {
-                "recipe": args.recipe,
+                "recipe": recipe,
                 "seeded_labels": seeded,
                 "test_images": outcome["candidate"]["n"],
                 "direct_accuracy": round(direct_acc, 4),

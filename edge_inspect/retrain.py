@@ -126,6 +126,21 @@ def decide(serving: dict[str, Any], candidate: dict[str, Any], tolerance_points:
     return Decision(True, f"accepted: {summary}")
 
 
+# Training settings a new version inherits from the serving one, so that the comparison is of data, not
+# of recipes; an older card without one of them leaves TrainConfig's default.
+INHERITED_SETTINGS = ("batch_size", "lr", "head_lr_scale", "weight_decay", "dropout", "patience")
+
+
+def serving_recipe(training: dict[str, Any]) -> dict[str, Any]:
+    """TrainConfig keyword arguments that repeat the serving version's recipe, from its card's `training`."""
+    settings = {key: training[key] for key in INHERITED_SETTINGS if key in training}
+    if isinstance(training.get("frozen_stages"), int):
+        settings["frozen_stages"] = training["frozen_stages"]
+    if "test_time_augmentation" in training:
+        settings["tta"] = training["test_time_augmentation"] != "none"
+    return settings
+
+
 def serving_package_dir(registry: RegistryStore, name: str, cache_dir: Path) -> Path:
     """A local, hash-verified copy of the promoted version (the registry's own directory on a filesystem)."""
     from edge_inspect.model_registry import local_package_dir, promoted
@@ -157,12 +172,14 @@ def retrain(args: argparse.Namespace) -> dict[str, Any]:
     run_dir = Path(args.workdir) / datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
     test_data = None if args.test_data in (None, "none") else args.test_data
     dataset = build_dataset(Path(args.db), base, test_data, args.line_holdout, args.seed, run_dir / "dataset")
+    recipe = args.recipe or serving_card.training.get("recipe", "finetune")
     config = TrainConfig(
         out=run_dir / "candidate",
         data=str(run_dir / "dataset"),
-        recipe=args.recipe or serving_card.training.get("recipe", "finetune"),
+        recipe=recipe,
         epochs=args.epochs or int(serving_card.training.get("epochs", 12)),
         input_size=serving_card.preprocess.height,
+        **serving_recipe(serving_card.training) if recipe == serving_card.training.get("recipe") else {},
         seed=args.seed,
         limit=args.limit,
         name=args.model_name,

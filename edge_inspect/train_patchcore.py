@@ -179,13 +179,17 @@ def train_patchcore(
     target_frr: float = DEFAULT_TARGET_FRR,
     threads: int = 0,
     levels: tuple[int, ...] | None = None,
+    neighbourhood: int | None = None,
+    flips: bool | None = None,
 ) -> Path:
     """Fit on `data`'s good train images, calibrate on its val split, export; returns the package directory.
 
     `data` is 'elpv' or a folder in the common layout; `limit` caps the good training images (quick
     runs), not validation. `threads`: torch threads, 0 for all cores; on a CPU shared with another busy
-    job, 1 can be several times faster than 2. `levels`: backbone feature levels (None: the model's
-    default, stride 16 and 32).
+    job, 1 can be several times faster than 2. `levels`, `neighbourhood`: backbone feature levels and
+    descriptor aggregation (None: the model's defaults). `flips`: mirror views in bank and map (None: on
+    for ELPV, whose cells have no preferred orientation; off for folders, where a mirrored part may be a
+    defect).
     """
     import timm
     import torch
@@ -194,8 +198,16 @@ def train_patchcore(
 
     started = time.perf_counter()
     torch.set_num_threads(threads or available_cores())
-    shape = {"levels": levels} if levels else {}
-    config = PatchCoreConfig(input_size=input_size, coreset_ratio=coreset_ratio, seed=seed, **shape)
+    shape: dict[str, Any] = {"levels": levels} if levels else {}
+    if neighbourhood is not None:
+        shape["neighbourhood"] = neighbourhood
+    config = PatchCoreConfig(
+        input_size=input_size,
+        coreset_ratio=coreset_ratio,
+        seed=seed,
+        flips=data == "elpv" if flips is None else flips,
+        **shape,
+    )
     splits, root = dataset_splits(data, seed)
     train_samples = limit_samples(bank_samples(splits["train"]), limit, seed)
     val_samples = splits["val"]
@@ -324,6 +336,8 @@ def train_patchcore_command(args: argparse.Namespace) -> int:
             target_frr=args.target_frr,
             threads=args.threads,
             levels=args.levels,
+            neighbourhood=args.neighbourhood,
+            flips=args.flips,
         )
         package = load_package(path)
     except (TrainingDataError, ModelPackageError, ExportError, ValueError) as exc:
@@ -369,6 +383,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         type=parse_levels,
         default=None,
         help="backbone feature levels, comma-separated, level k = stride 2**k (default 4,5)",
+    )
+    parser.add_argument(
+        "--neighbourhood",
+        type=int,
+        default=None,
+        help="average each patch descriptor over its n x n neighbours, odd n (default 1: none)",
+    )
+    parser.add_argument(
+        "--flips",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="mirror views in the bank and averaged maps (default: on for ELPV, off for folders, where a "
+        "mirrored part may be a defect)",
     )
     parser.add_argument("--threads", type=int, default=0, help="torch threads (default: all cores)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")

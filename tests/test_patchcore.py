@@ -161,6 +161,37 @@ def test_package_through_the_inspector_finds_the_spot(package_dir: Path, parts: 
     assert covering[0].cls == "anomaly"
 
 
+def test_mirror_views_are_averaged_and_export_like_the_plain_model(parts: Parts, tmp_path: Path) -> None:
+    config = PatchCoreConfig(input_size=SIZE, levels=(3, 4), coreset_ratio=0.25, neighbourhood=1, flips=True)
+    patchcore = build_patchcore(config=config)
+    patchcore.fit_memory_bank([torch.from_numpy(preprocess_batch(parts.good, LITE0.recipe(SIZE)))])
+    # The bank holds every good image in its four mirror views.
+    assert patchcore.bank.shape[0] == coreset_size(4 * len(parts.good) * 12 * 12, 0.25, 16384)
+    good_scores, _ = run(patchcore, parts.val)
+    bad_scores, bad_maps = run(patchcore, parts.bad)
+    assert bad_scores.min() > good_scores.max()
+    np.testing.assert_allclose(bad_scores, bad_maps.reshape(len(parts.bad), -1).max(axis=1), rtol=1e-6)
+    # Maps are flipped back before averaging: the peak stays on the spot, not on its mirror images.
+    for anomaly_map in bad_maps:
+        y, x = np.unravel_index(int(anomaly_map.argmax()), anomaly_map.shape)
+        assert np.hypot(x - SPOT_X, y - SPOT_Y) <= SPOT_R
+    # A part and its mirror image get the same score.
+    mirrored, _ = run(patchcore, [np.ascontiguousarray(f[:, ::-1]) for f in parts.bad])
+    np.testing.assert_allclose(mirrored, bad_scores, rtol=1e-4)
+    card = ModelCard(
+        name="brick-patchcore-flips",
+        version="1",
+        family="patchcore",
+        preprocess=LITE0.recipe(SIZE),
+        thresholds=calibrate(good_scores, bad_scores, target_frr=0.05).thresholds,
+        map_output=MAP_OUTPUT,
+        classes=("anomaly",),
+    )
+    parity = preprocess_batch(parts.val[:2] + parts.bad[:1], LITE0.recipe(SIZE))
+    package = export_patchcore_package(patchcore, tmp_path / "flips", card, parity)
+    assert load_package(package.path).card.name == "brick-patchcore-flips"
+
+
 def write_brick_folder(root: Path, rng: np.random.Generator, test_good: int, test_spot: int) -> Path:
     """A data folder in the common layout: 20 clean crops to train on, clean and spotted crops to test."""
     layout = {
@@ -236,6 +267,8 @@ def test_unfitted_model_and_bad_configs_fail_clearly() -> None:
         PatchCoreConfig(input_size=24)
     with pytest.raises(ValueError, match="feature levels"):
         PatchCoreConfig(levels=(3, 9))
+    with pytest.raises(ValueError, match="odd patch count"):
+        PatchCoreConfig(neighbourhood=2)
 
 
 # --- coreset ----------------------------------------------------------------------------------------

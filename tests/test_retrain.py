@@ -11,7 +11,7 @@ from edge_inspect.cli import build_parser
 from edge_inspect.contracts import InspectionResult, ModelRef, StageTimings
 from edge_inspect.datasets import elpv_split
 from edge_inspect.model_registry import promote, promoted, publish, versions
-from edge_inspect.retrain import decide, held_out, retrain
+from edge_inspect.retrain import decide, held_out, retrain, serving_recipe
 from edge_inspect.sinks.record_store import RecordStore
 from edge_inspect.train import TrainConfig, train_classifier
 
@@ -104,3 +104,17 @@ def test_retrain_builds_the_dataset_compares_side_by_side_and_publishes(tmp_path
     assert outcome["published"] and outcome["promoted"]
     assert outcome["candidate"]["version"] in versions(registry, NAME)
     assert promoted(registry, NAME).version == outcome["candidate"]["version"]
+
+
+def test_a_new_version_repeats_the_serving_recipe() -> None:
+    training = {
+        "recipe": "finetune",
+        "lr": 1e-4,
+        "dropout": 0.3,
+        "frozen_stages": 1,
+        "test_time_augmentation": "dihedral-8",
+        "data_fingerprint": "not a setting",
+    }
+    assert serving_recipe(training) == {"lr": 1e-4, "dropout": 0.3, "frozen_stages": 1, "tta": True}
+    # The linear probe freezes everything ("all"): nothing to carry over but its averaging choice.
+    assert serving_recipe({"frozen_stages": "all", "test_time_augmentation": "none"}) == {"tta": False}
