@@ -66,7 +66,8 @@ class TrainConfig:
     out: Path
     data: str = "elpv"
     recipe: str = "finetune"
-    epochs: int = 10
+    # With early stopping (patience below): on ELPV the best validation epoch was 7 to 10.
+    epochs: int = 12
     # None: FINETUNE_INPUT_SIZE for finetune, the weights' native 224 for the (speed-bound) linear probe.
     input_size: int | None = None
     batch_size: int = 32
@@ -76,8 +77,9 @@ class TrainConfig:
     weight_decay: float = 0.01
     dropout: float = 0.2
     # Stem + this many stages stay at their ImageNet weights: edge/texture filters transfer to EL
-    # images, and not back-propagating through the high-resolution stages saves a third of the time.
-    frozen_stages: int = 2
+    # images, and not back-propagating through the highest-resolution stage saves time. On ELPV, 1 (12
+    # epochs) beat 2 (10 epochs) on validation: AUROC 0.951 against 0.949, accuracy 0.919 against 0.915.
+    frozen_stages: int = 1
     # Average the 8 dihedral views inside the exported graph; None: on for finetune, off for the
     # linear probe (the demo's CPU model, where 8x the inference cost matters more).
     tta: bool | None = None
