@@ -299,7 +299,10 @@ class PatchCore(nn.Module):
         if not collected:
             raise ValueError("no good images to fit the PatchCore memory bank; the training set is empty")
         patches = torch.cat(collected)
-        count = coreset_size(patches.shape[0], self.config.coreset_ratio, self.config.max_bank_size)
+        # The ratio applies to the patches of the images themselves: mirror views widen the choice of
+        # what to keep, not the bank, whose size sets the cost of every inference.
+        views = 4 if self.config.flips else 1
+        count = coreset_size(patches.shape[0] // views, self.config.coreset_ratio, self.config.max_bank_size)
         indices = greedy_coreset(
             patches, count, self.config.coreset_projection_dim, self.config.seed, progress=progress
         )
