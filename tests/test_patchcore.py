@@ -162,7 +162,8 @@ def test_package_through_the_inspector_finds_the_spot(package_dir: Path, parts: 
 
 
 def test_mirror_views_are_averaged_and_export_like_the_plain_model(parts: Parts, tmp_path: Path) -> None:
-    config = PatchCoreConfig(input_size=SIZE, levels=(3, 4), coreset_ratio=0.25, neighbourhood=1, flips=True)
+    # With 3x3 neighbourhood averaging, so that both descriptor paths are covered (the fixture's has none).
+    config = PatchCoreConfig(input_size=SIZE, levels=(3, 4), coreset_ratio=0.25, neighbourhood=3, flips=True)
     patchcore = build_patchcore(config=config)
     patchcore.fit_memory_bank([torch.from_numpy(preprocess_batch(parts.good, LITE0.recipe(SIZE)))])
     # The bank is chosen from every good image in its four mirror views, at the size the images alone give.
