@@ -1,12 +1,20 @@
-"""Small real peers for tests: an MES webhook receiver on loopback, and a wait-until helper."""
+"""Small real peers for tests: an MES webhook receiver on loopback, a wait-until helper, and a runner for
+the benchmark scripts."""
 
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 class MesReceiver:
@@ -49,3 +57,22 @@ def wait_until(condition: Callable[[], bool], timeout_s: float, what: str) -> No
             return
         time.sleep(0.05)
     raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
+
+
+def run_benchmark(module: str, *args: str, timeout: float) -> dict[str, Any]:
+    """A benchmark script's JSON result (its last stdout line), run as `python -m module` from the
+    repository root; fails with its stderr when it exits non-zero."""
+    # Tests set TRITON_INTERPRET without a GPU; the benchmarks refuse to time the interpreted kernel.
+    env = {name: value for name, value in os.environ.items() if name != "TRITON_INTERPRET"}
+    completed = subprocess.run(
+        [sys.executable, "-m", module, *args],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+    assert completed.returncode == 0, f"benchmark exited {completed.returncode}:\n{completed.stderr}"
+    lines = completed.stdout.strip().splitlines()
+    assert lines, f"benchmark printed nothing on stdout:\n{completed.stderr}"
+    return json.loads(lines[-1])

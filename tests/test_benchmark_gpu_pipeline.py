@@ -4,7 +4,6 @@ the inspector's device frame path on CPU tensors) with the toy model; on a GPU t
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import subprocess
@@ -16,8 +15,8 @@ import pytest
 import torch
 
 from benchmarks.gpu_pipeline import stream_density
+from tests.helpers import ROOT, run_benchmark
 
-ROOT = Path(__file__).resolve().parents[1]
 TOP_LEVEL_KEYS = {
     "device",
     "runtime",
@@ -32,24 +31,6 @@ TOP_LEVEL_KEYS = {
     "repeats",
 }
 CAMERA_KEYS = {"fps", "p50_ms", "p99_ms", "dropped"}
-
-
-def run_benchmark(*args: str, timeout: float) -> dict[str, Any]:
-    """The benchmark's JSON result; fails with its stderr when it exits non-zero."""
-    # Tests set TRITON_INTERPRET without a GPU; the benchmark refuses to time the interpreted kernel on one.
-    env = {name: value for name, value in os.environ.items() if name != "TRITON_INTERPRET"}
-    completed = subprocess.run(
-        [sys.executable, "-m", "benchmarks.gpu_pipeline", *args],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
-    assert completed.returncode == 0, f"benchmark exited {completed.returncode}:\n{completed.stderr}"
-    lines = completed.stdout.strip().splitlines()
-    assert lines, f"benchmark printed nothing on stdout:\n{completed.stderr}"
-    return json.loads(lines[-1])
 
 
 def assert_line_figures(result: dict[str, Any], counts: list[int], fps_per_camera: float) -> None:
@@ -110,7 +91,7 @@ def test_stream_density_counts_dropped_frames_as_not_held() -> None:
 def test_smoke_mode_on_cpu_judges_every_frame(toy_model_dir: Path) -> None:
     # A generous latency budget: the density search then probes a count of its own (4, the smoke limit).
     smoke = ("--device", "cpu", "--smoke", "--model", str(toy_model_dir), "--p99-budget-ms", "1000")
-    result = run_benchmark(*smoke, timeout=120)
+    result = run_benchmark("benchmarks.gpu_pipeline", *smoke, timeout=120)
     assert result["smoke"] is True and result["device"].startswith("cpu")
     assert result["frame"] == "306x256x3 uint8 raw" and result["model"] == "toy-brightness:1"
     assert_line_figures(result, [1, 2], 10.0)
@@ -146,7 +127,7 @@ def test_gpu_mode_refuses_clearly_without_a_gpu() -> None:
 def test_gpu_mode_runs_the_default_briefly() -> None:
     # The default model is trained on first use (a few minutes), then cached under var/bench/.
     brief = ("--cameras", "1,4", "--max-cameras", "8", "--repeats", "1", "--seconds", "5", "--warmup", "3")
-    result = run_benchmark(*brief, timeout=840)
+    result = run_benchmark("benchmarks.gpu_pipeline", *brief, timeout=840)
     assert result["smoke"] is False and result["frame"] == "2448x2048x3 uint8 raw"
     assert_line_figures(result, [1, 4], 10.0)
     assert result["frame_pool"]["judged_ok"] == result["frame_pool"]["frames"]

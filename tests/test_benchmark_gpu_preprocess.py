@@ -4,20 +4,18 @@ whole benchmark runs, briefly."""
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import subprocess
 import sys
-from pathlib import Path
 from typing import Any
 
 import pytest
 import torch
 
 from benchmarks.gpu_preprocess import IMAGENET_STD
+from tests.helpers import ROOT, run_benchmark
 
-ROOT = Path(__file__).resolve().parents[1]
 # One uint8 level after normalisation, at the smallest std (the largest step).
 UINT8_STEP = 1 / 255 / min(IMAGENET_STD)
 # Half a float16 rounding step below 4; the benchmark's outputs stay within [-2.2, 2.7].
@@ -40,25 +38,6 @@ CV2_BOUND = 0.05
 TIMED_EVERYWHERE = ("torch_reference", "torchvision_ops", "numpy_reference", "cv2")
 
 
-def run_benchmark(*args: str, timeout: float) -> dict[str, Any]:
-    """The benchmark's JSON result; fails with its stderr when it exits non-zero."""
-    # Tests set TRITON_INTERPRET without a GPU; the benchmark refuses to time the interpreter, and the CPU
-    # mode does not need it.
-    env = {name: value for name, value in os.environ.items() if name != "TRITON_INTERPRET"}
-    completed = subprocess.run(
-        [sys.executable, "-m", "benchmarks.gpu_preprocess", *args],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
-    assert completed.returncode == 0, f"benchmark exited {completed.returncode}:\n{completed.stderr}"
-    lines = completed.stdout.strip().splitlines()
-    assert lines, f"benchmark printed nothing on stdout:\n{completed.stderr}"
-    return json.loads(lines[-1])
-
-
 def assert_timed(value: Any, label: str) -> None:
     assert isinstance(value, float) and math.isfinite(value) and value > 0, f"{label} is {value!r}"
 
@@ -78,7 +57,7 @@ def assert_errors_within_bounds(errors: dict[str, float]) -> None:
 
 @pytest.mark.slow
 def test_smoke_mode_on_cpu_runs_every_path_but_triton() -> None:
-    result = run_benchmark("--device", "cpu", "--smoke", timeout=240)
+    result = run_benchmark("benchmarks.gpu_preprocess", "--device", "cpu", "--smoke", timeout=240)
     preprocess = result["preprocess"]
     assert result["smoke"] is True
     assert preprocess["output"] == "2x3x128x128 float16"
@@ -124,7 +103,7 @@ def test_gpu_mode_refuses_clearly_without_a_gpu_or_with_the_interpreter() -> Non
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 @pytest.mark.timeout(600)
 def test_gpu_mode_runs_briefly() -> None:
-    result = run_benchmark("--repeats", "3", "--cpu-repeats", "1", timeout=540)
+    result = run_benchmark("benchmarks.gpu_preprocess", "--repeats", "3", "--cpu-repeats", "1", timeout=540)
     preprocess = result["preprocess"]
     assert result["smoke"] is False and result["copy_GBps"] > 0 and result["matmul_fp16_TFLOPs"] > 0
     assert preprocess["output"] == "8x3x512x512 float16"
