@@ -8,6 +8,7 @@ contract the inspector relies on, and ONNX Runtime against torch on real inputs.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -129,25 +130,43 @@ def classifier_card(
     )
 
 
-def export_package(
-    model: nn.Module, directory: Path, card: ModelCard, parity_images: np.ndarray
+def export_checked(
+    model: nn.Module,
+    directory: Path,
+    card: ModelCard,
+    verify: Callable[[Path, tuple[int, int, int]], dict[str, float]],
+    output_names: tuple[str, ...] = (SCORE_NAME,),
 ) -> ModelPackage:
-    """Export, check and package `model`; `parity_images` are real preprocessed inputs (N, C, H, W)."""
+    """Export `model` to a staging file, check the input/output contract, run `verify(path, input_shape)`
+    (which raises ExportError when the graph must not ship, else returns its figures for the log) and only
+    then write the package."""
     recipe = card.preprocess
     input_shape = (recipe.channels, recipe.height, recipe.width)
     directory.mkdir(parents=True, exist_ok=True)
     staging = directory / "model.onnx.partial"
     try:
-        export_onnx(model, staging, input_shape)
+        export_onnx(model, staging, input_shape, output_names)
         check_onnx(staging, input_shape)
-        error = parity_error(model, staging, np.ascontiguousarray(parity_images, dtype=np.float32))
+        figures = verify(staging, input_shape)
+        package = write_package(directory, staging, card)
+    finally:
+        staging.unlink(missing_ok=True)
+    log_event(log, logging.INFO, "model_exported", path=str(directory), name=card.name, **figures)
+    return package
+
+
+def export_package(
+    model: nn.Module, directory: Path, card: ModelCard, parity_images: np.ndarray
+) -> ModelPackage:
+    """Export, check and package `model`; `parity_images` are real preprocessed inputs (N, C, H, W)."""
+
+    def same_scores_as_torch(path: Path, _: tuple[int, int, int]) -> dict[str, float]:
+        error = parity_error(model, path, np.ascontiguousarray(parity_images, dtype=np.float32))
         if error > PARITY_TOLERANCE:
             raise ExportError(
                 f"ONNX Runtime and torch disagree by {error:.2e} (> {PARITY_TOLERANCE:.0e}) on the same "
                 "inputs; the exported graph is not the trained model; do not ship it"
             )
-        package = write_package(directory, staging, card)
-    finally:
-        staging.unlink(missing_ok=True)
-    log_event(log, logging.INFO, "model_exported", path=str(directory), parity_error=error, name=card.name)
-    return package
+        return {"parity_error": error}
+
+    return export_checked(model, directory, card, same_scores_as_torch)

@@ -31,7 +31,6 @@ from edge_inspect.models.package import (
     ModelPackage,
     ModelPackageError,
     load_package,
-    write_package,
 )
 from edge_inspect.preprocess import PreprocessRecipe, preprocess_batch
 from edge_inspect.train import (
@@ -141,28 +140,22 @@ def export_patchcore_package(
     model: PatchCore, directory: Path, card: ModelCard, parity_images: np.ndarray
 ) -> ModelPackage:
     """Export, check (ONNX checker, input/output contract, parity with torch) and package `model`."""
-    from edge_inspect.export import SCORE_NAME, ExportError, check_onnx, export_onnx
+    from edge_inspect.export import SCORE_NAME, ExportError, export_checked
     from edge_inspect.models.patchcore import MAP_OUTPUT
 
-    recipe = card.preprocess
-    input_shape = (recipe.channels, recipe.height, recipe.width)
-    directory.mkdir(parents=True, exist_ok=True)
-    staging = directory / "model.onnx.partial"
-    try:
-        export_onnx(model, staging, input_shape, (SCORE_NAME, MAP_OUTPUT))
-        check_onnx(staging, input_shape)
-        check_map_output(staging, input_shape)
+    def map_and_scores_as_torch(path: Path, input_shape: tuple[int, int, int]) -> dict[str, float]:
+        check_map_output(path, input_shape)
         images = np.ascontiguousarray(parity_images, dtype=np.float32)
-        score_error, map_error = parity_errors(model, staging, images)
+        score_error, map_error = parity_errors(model, path, images)
         if score_error > SCORE_PARITY or map_error > MAP_PARITY:
             raise ExportError(
                 f"ONNX Runtime and torch disagree (relative score error {score_error:.1e}, map error "
                 f"{map_error:.1e}; allowed {SCORE_PARITY:.0e} and {MAP_PARITY:.0e}); the exported graph is "
                 "not the fitted model; do not ship it"
             )
-        return write_package(directory, staging, card)
-    finally:
-        staging.unlink(missing_ok=True)
+        return {"score_parity_error": score_error, "map_parity_error": map_error}
+
+    return export_checked(model, directory, card, map_and_scores_as_torch, (SCORE_NAME, MAP_OUTPUT))
 
 
 # --- the whole run ----------------------------------------------------------------------------------
