@@ -76,14 +76,15 @@ import numpy as np
 
 # Only the camera side at module level: the spawned camera processes import this module and need neither
 # torch nor ONNX Runtime.
-from edge_inspect.bus import FrameSender
+from edge_inspect.bus.transport import FrameSender
 from edge_inspect.camera_adapters.base import CameraConfig, frame_message, next_slot
 
 if TYPE_CHECKING:
     from multiprocessing.synchronize import Event
 
+    from edge_inspect.inspector.config import InspectorConfig
+    from edge_inspect.inspector.service import Inspector
     from edge_inspect.models.package import ModelPackage
-    from edge_inspect.service import Inspector, InspectorConfig
 
 # The issue's targets.
 TARGET_P99_MS = 20.0
@@ -280,7 +281,7 @@ def default_model(width: int, height: int, channels: int) -> Path:
     else:
         say(f"default model: {directory} (cached)")
         return directory
-    from edge_inspect.train_patchcore import train_patchcore
+    from edge_inspect.training.train_patchcore import train_patchcore
 
     say(
         f"building the default model in {directory}: PatchCore on {TRAIN_GOOD} good synthetic "
@@ -311,10 +312,10 @@ def judged_ok_pool(package: ModelPackage, width: int, height: int, channels: int
     """The parts the cameras cycle through, (K, H, W) or (K, H, W, C), and how many of them the model judges
     OK: only OK parts when it passes any, else the parts rendered, with a warning. Judged on the host path
     (numpy preprocessing, ONNX Runtime on the CPU), independently of the line under test."""
-    from edge_inspect.infer import load_model
-    from edge_inspect.postprocess import postprocess
-    from edge_inspect.preprocess import preprocess_batch
-    from edge_inspect.rules import QualityRules
+    from edge_inspect.inspector.infer import load_model
+    from edge_inspect.inspector.postprocess import postprocess
+    from edge_inspect.inspector.preprocess import preprocess_batch
+    from edge_inspect.inspector.rules import QualityRules
 
     model = load_model(package, "cpu")
     kept: list[np.ndarray] = []
@@ -509,20 +510,22 @@ class LineSettings:
     runs: int = 0  # runs so far, naming each run's work directory
 
     def config(self, workdir: Path) -> InspectorConfig:
-        from edge_inspect.service import InspectorConfig
+        from edge_inspect.inspector.config import build_config
 
-        return InspectorConfig(
-            model_dir=self.model_dir,
-            workdir=workdir,
-            bind="tcp://127.0.0.1:*",
-            results_bind=None,
-            metrics_port=None,
-            max_batch=self.max_batch,
-            max_wait_ms=self.max_wait_ms,
-            device=self.device,
-            frame_path="device",
-            runtime=self.runtime,
-            cuda_graph=self.cuda_graph,
+        return build_config(
+            {
+                "model": {"package": self.model_dir},
+                "records": {"workdir": workdir},
+                "bus": {"bind": "tcp://127.0.0.1:*", "results": None},
+                "metrics": {"port": None},
+                "batching": {"max_batch": self.max_batch, "max_wait_ms": self.max_wait_ms},
+                "inference": {
+                    "device": self.device,
+                    "frame_path": "device",
+                    "runtime": self.runtime,
+                    "cuda_graph": self.cuda_graph,
+                },
+            }
         )
 
 
@@ -553,8 +556,8 @@ def sleep_until(monotonic_s: float) -> None:
 
 def line_run(settings: LineSettings, cameras: int, fps: float) -> RunResult:
     """One run of the line with `cameras` cameras at `fps` each (0: saturated)."""
-    from edge_inspect.gpu_frames import DEFAULT_SLOTS
-    from edge_inspect.service import Inspector
+    from edge_inspect.inspector.device.gpu_frames import DEFAULT_SLOTS
+    from edge_inspect.inspector.service import Inspector
     from edge_inspect.sinks.record_store import RecordStore
 
     settings.runs += 1
@@ -695,8 +698,8 @@ def model_only_fps(
     """Median throughput of the runtime alone on a ready batch of `max_batch` pool frames on the device."""
     import torch
 
-    from edge_inspect.preprocess import preprocess_batch
-    from edge_inspect.runtimes import load_runtime
+    from edge_inspect.inspector.device.runtimes import load_runtime
+    from edge_inspect.inspector.preprocess import preprocess_batch
 
     runtime = load_runtime(package, settings.runtime, settings.device, settings.cuda_graph)
     frames = [pool[i % len(pool)] for i in range(settings.max_batch)]
@@ -738,20 +741,25 @@ def main(argv: Sequence[str] | None = None) -> int:
     setup_logging()
     device_name = device_description(args.device)
     width, height = args.frame
+    from edge_inspect.inspector.config import build_config
+    from edge_inspect.inspector.service import plan_frame_path
     from edge_inspect.models.package import ModelPackageError, load_package
-    from edge_inspect.service import InspectorConfig, plan_frame_path
 
     model_dir = args.model or default_model(width, height, args.channels)
     try:
         package = load_package(model_dir)
         # Refuse now, not after rendering frames, when the device frame path cannot run as asked.
         plan_frame_path(
-            InspectorConfig(
-                model_dir=model_dir,
-                device=args.device,
-                frame_path="device",
-                runtime=args.runtime,
-                cuda_graph=args.cuda_graph,
+            build_config(
+                {
+                    "model": {"package": model_dir},
+                    "inference": {
+                        "device": args.device,
+                        "frame_path": "device",
+                        "runtime": args.runtime,
+                        "cuda_graph": args.cuda_graph,
+                    },
+                }
             )
         )
     except (ModelPackageError, RuntimeError, ValueError) as exc:

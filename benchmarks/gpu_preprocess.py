@@ -38,13 +38,13 @@ import torch
 import torchvision
 from torchvision.transforms.v2 import functional as tvf
 
+from edge_inspect.inspector.preprocess import PreprocessRecipe, crop, preprocess_batch, value_scale
 from edge_inspect.kernels.reference_torch import (
     PackedFrames,
     normalisation,
     pack_frames,
     preprocess_batch_torch,
 )
-from edge_inspect.preprocess import PreprocessRecipe, crop, preprocess_batch, value_scale
 
 if TYPE_CHECKING:
     import onnx
@@ -275,9 +275,9 @@ def folded_graph_runner(
         import onnxruntime as ort
     except ImportError as error:
         raise PathSkipped(f"onnxruntime does not import ({error}); install onnxruntime-gpu") from error
-    from edge_inspect.infer import session_options
-    from edge_inspect.runtimes.base import NUMPY_TYPES
-    from edge_inspect.runtimes.ort_iobinding import cuda_provider_options
+    from edge_inspect.inspector.device.runtimes.base import NUMPY_TYPES
+    from edge_inspect.inspector.device.runtimes.ort_iobinding import cuda_provider_options
+    from edge_inspect.inspector.infer import session_options
 
     device = batch.device
     device_id = device.index or 0

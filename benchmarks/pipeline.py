@@ -28,13 +28,14 @@ from pathlib import Path
 
 import numpy as np
 
-from edge_inspect.datasets import elpv_split
 from edge_inspect.demo import free_port, latency_percentiles
-from edge_inspect.infer import load_model
+from edge_inspect.inspector.config import build_config
+from edge_inspect.inspector.infer import load_model
+from edge_inspect.inspector.preprocess import preprocess_batch
+from edge_inspect.inspector.service import Inspector
 from edge_inspect.models.package import load_package
-from edge_inspect.preprocess import preprocess_batch
-from edge_inspect.service import Inspector, InspectorConfig
 from edge_inspect.sinks.record_store import RecordStore
+from edge_inspect.training.datasets import elpv_split
 
 WINDOW_S = 2.0
 
@@ -84,8 +85,14 @@ def pipeline_run(
 ) -> tuple[list[float], list[float]]:
     """Run the line; returns per-window throughputs and every result's capture-to-result latency."""
     bus = f"tcp://127.0.0.1:{free_port()}"
-    config = InspectorConfig(
-        model_dir=model_dir, workdir=workdir, bind=bus, results_bind=None, metrics_port=None, max_batch=batch
+    config = build_config(
+        {
+            "model": {"package": model_dir},
+            "records": {"workdir": workdir},
+            "bus": {"bind": bus, "results": None},
+            "metrics": {"port": None},
+            "batching": {"max_batch": batch},
+        }
     )
     inspector = Inspector(config)
     inspector.start()
@@ -123,7 +130,7 @@ def main() -> int:
     args = parser.parse_args()
     model_dir = args.model
     if model_dir is None:
-        from edge_inspect.demo_model import prepare_demo_model
+        from edge_inspect.training.demo_model import prepare_demo_model
 
         model_dir = prepare_demo_model(Path("var/demo/model"))
     say(f"model-only throughput, batch {args.batch}, {args.seconds:g} s")

@@ -19,13 +19,13 @@ import sys
 import time
 from pathlib import Path
 
+from edge_inspect.bus.contracts import InspectionResult, ModelRef, StageTimings
 from edge_inspect.cli import build_parser
-from edge_inspect.contracts import InspectionResult, ModelRef, StageTimings
-from edge_inspect.datasets import elpv_split
-from edge_inspect.model_registry import promote, publish
-from edge_inspect.retrain import retrain
+from edge_inspect.models.registry import promote, publish
 from edge_inspect.sinks.record_store import RecordStore
-from edge_inspect.train import TrainConfig, train_classifier
+from edge_inspect.training.datasets import elpv_split
+from edge_inspect.training.retrain import retrain
+from edge_inspect.training.train_classifier import TrainConfig, train_classifier
 
 NAME = "elpv-classifier"
 

@@ -22,8 +22,8 @@ import cv2
 import numpy as np
 
 from edge_inspect.camera_adapters.synthetic import DEFECT_KINDS, synthesize_part
-from edge_inspect.evaluate import evaluate_package
-from edge_inspect.train_patchcore import train_patchcore
+from edge_inspect.training.evaluate import evaluate_package
+from edge_inspect.training.train_patchcore import train_patchcore
 
 # Disjoint seeds for the two splits: no test part is a training part.
 TRAIN_SEED, TEST_SEED = 1, 2

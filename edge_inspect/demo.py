@@ -22,7 +22,7 @@ from typing import IO, Any
 
 import numpy as np
 
-from edge_inspect.contracts import InspectionResult
+from edge_inspect.bus.contracts import InspectionResult
 
 CAMERA_ID = "line1-cam1"
 STATION = "line1-el-tester"
@@ -67,7 +67,7 @@ def alarm_line(result: InspectionResult, expert_label: str) -> str:
 
 def expert_labels() -> dict[str, str]:
     """ELPV's own labels by part id, shown beside each alarm so the viewer can judge the alarm."""
-    from edge_inspect.datasets import load_elpv
+    from edge_inspect.training.datasets import load_elpv
 
     return {
         s.path.stem: f"{'defective' if s.defective else 'functional'} (p={s.probability:.2f})"
@@ -115,8 +115,8 @@ def _watch(endpoint: str, stop: threading.Event, labels: dict[str, str], seen: C
 
 
 def run_demo(workdir: Path, seconds: float | None, fps: float, as_json: bool) -> dict[str, Any]:
-    from edge_inspect.demo_model import prepare_demo_model
     from edge_inspect.sinks.record_store import RecordStore
+    from edge_inspect.training.demo_model import prepare_demo_model
 
     paths = DemoPaths(workdir)
     view = sys.stderr if as_json else sys.stdout

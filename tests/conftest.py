@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 
-from edge_inspect.infer import cuda_device_count
+from edge_inspect.inspector.infer import cuda_device_count
 
 # Must be decided before anything imports triton.
 if cuda_device_count() == 0:

@@ -14,6 +14,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
+from edge_inspect.inspector.config import InspectorConfig, build_config
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -76,3 +78,15 @@ def run_benchmark(module: str, *args: str, timeout: float) -> dict[str, Any]:
     lines = completed.stdout.strip().splitlines()
     assert lines, f"benchmark printed nothing on stdout:\n{completed.stderr}"
     return json.loads(lines[-1])
+
+
+def loopback_config(workdir: Path, settings: dict[str, Any]) -> InspectorConfig:
+    """An inspector config on ephemeral loopback ports, without results PUB or metrics unless `settings`
+    (dotted keys, as flags override a file) asks for them."""
+    defaults = {
+        "records.workdir": workdir,
+        "bus.bind": "tcp://127.0.0.1:*",
+        "bus.results": None,
+        "metrics.port": None,
+    }
+    return build_config({}, {**defaults, **settings})

@@ -6,9 +6,9 @@ from collections import deque
 
 import pytest
 
-from edge_inspect.batching import CameraQueues, take_round_robin
-from edge_inspect.contracts import FrameHeader
-from edge_inspect.receive import ReceivedFrame
+from edge_inspect.bus.contracts import FrameHeader
+from edge_inspect.inspector.batching import CameraQueues, take_round_robin
+from edge_inspect.inspector.receive import ReceivedFrame
 
 
 def frame(camera: str, seq: int, delivery: str = "lossless") -> ReceivedFrame:

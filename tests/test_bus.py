@@ -10,8 +10,8 @@ import cv2
 import numpy as np
 import pytest
 
-from edge_inspect.bus import FrameReceiver, FrameSender, SenderStats
-from edge_inspect.contracts import FrameHeader, parse_header, raw_pixels
+from edge_inspect.bus.contracts import FrameHeader, parse_header, raw_pixels
+from edge_inspect.bus.transport import FrameReceiver, FrameSender, SenderStats
 
 # Big enough that ZeroMQ takes the zero-copy path and that a few frames fill the socket buffers.
 HEIGHT, WIDTH = 480, 640

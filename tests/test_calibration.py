@@ -7,7 +7,8 @@ import math
 import numpy as np
 import pytest
 
-from edge_inspect.calibration import (
+from edge_inspect.models.package import Thresholds
+from edge_inspect.training.calibrate import (
     REVIEW_BAND_BOUNDS,
     binomial_cdf,
     calibrate,
@@ -20,7 +21,6 @@ from edge_inspect.calibration import (
     review_band,
     threshold_for_frr,
 )
-from edge_inspect.models.package import Thresholds
 
 
 def test_threshold_rejects_exactly_the_allowed_number_of_good_parts() -> None:

@@ -14,8 +14,8 @@ import cv2
 import numpy as np
 import pytest
 
-from edge_inspect.bus import FrameReceiver
-from edge_inspect.camera_adapters import cli
+from edge_inspect.bus.contracts import FrameHeader, parse_header, raw_pixels
+from edge_inspect.bus.transport import FrameReceiver
 from edge_inspect.camera_adapters.base import (
     CameraConfig,
     SourceError,
@@ -24,10 +24,11 @@ from edge_inspect.camera_adapters.base import (
     next_slot,
     run_camera,
 )
-from edge_inspect.camera_adapters.folder import FolderSource, elpv_paths, list_images, read_image
+from edge_inspect.camera_adapters.folder import FolderSource, list_images, read_image
 from edge_inspect.camera_adapters.synthetic import DEFECT_KINDS, SyntheticSource, synthesize_part
 from edge_inspect.camera_adapters.video import VideoSource
-from edge_inspect.contracts import FrameHeader, parse_header, raw_pixels
+from edge_inspect.cli import camera as camera_cli
+from edge_inspect.training.datasets import elpv_paths
 
 
 class Collector:
@@ -318,7 +319,7 @@ def test_video_source_that_cannot_open_says_what_to_check(tmp_path: Path) -> Non
 def _camera_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="edge-inspect")
     parser.add_argument("-v", "--verbose", action="count", default=0)
-    cli.register(parser.add_subparsers(dest="command", required=True))
+    camera_cli.register(parser.add_subparsers(dest="command", required=True))
     return parser
 
 

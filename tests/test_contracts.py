@@ -5,7 +5,7 @@ import json
 import numpy as np
 import pytest
 
-from edge_inspect.contracts import (
+from edge_inspect.bus.contracts import (
     ContractError,
     Defect,
     FrameHeader,

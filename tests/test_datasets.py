@@ -10,7 +10,7 @@ import cv2
 import numpy as np
 import pytest
 
-from edge_inspect.datasets import (
+from edge_inspect.training.datasets import (
     ELPV_TEST_FRACTION,
     ELPV_VAL_FRACTION,
     elpv_root,
@@ -18,7 +18,12 @@ from edge_inspect.datasets import (
     fingerprint,
     load_elpv,
 )
-from edge_inspect.train import TrainingDataError, dataset_splits, folder_splits, limit_samples
+from edge_inspect.training.train_classifier import (
+    TrainingDataError,
+    dataset_splits,
+    folder_splits,
+    limit_samples,
+)
 
 ELPV_SIZE = 2624
 

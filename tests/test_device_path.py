@@ -14,19 +14,26 @@ import numpy as np
 import pytest
 import torch
 
-from edge_inspect.bus import FrameSender
+from edge_inspect.bus.contracts import FrameHeader, InspectionResult
+from edge_inspect.bus.transport import FrameSender
 from edge_inspect.cli import build_parser
-from edge_inspect.contracts import FrameHeader, InspectionResult
-from edge_inspect.frame_path import DeviceSupport, FramePlan, choose_frame_path, fetch_for_postprocess
-from edge_inspect.infer import cuda_device_count
-from edge_inspect.model_registry import promote, publish
+from edge_inspect.cli.serve import overrides_from_args
+from edge_inspect.inspector.config import build_config
+from edge_inspect.inspector.device.frame_path import (
+    DeviceSupport,
+    FramePlan,
+    choose_frame_path,
+    fetch_for_postprocess,
+)
+from edge_inspect.inspector.device.runtimes.base import DeviceRuntime
+from edge_inspect.inspector.infer import cuda_device_count
+from edge_inspect.inspector.postprocess import examined_rows, postprocess
+from edge_inspect.inspector.rules import QualityRules
+from edge_inspect.inspector.service import Inspector
 from edge_inspect.models.package import load_package
-from edge_inspect.postprocess import examined_rows, postprocess
-from edge_inspect.rules import QualityRules
-from edge_inspect.runtimes.base import DeviceRuntime
-from edge_inspect.service import Inspector, InspectorConfig, config_from_args
+from edge_inspect.models.registry import promote, publish
 from edge_inspect.sinks.record_store import RecordStore
-from tests.helpers import wait_until
+from tests.helpers import loopback_config, wait_until
 from tests.toy_models import make_toy_package
 
 # torchvision 0.29 deprecates its image codecs in favour of TorchCodec and says so on every call.
@@ -98,15 +105,10 @@ def line_frames() -> list[Frame]:
     return frames
 
 
-def base_config(workdir: Path, **options: object) -> InspectorConfig:
-    return InspectorConfig(
-        workdir=workdir, bind="tcp://127.0.0.1:*", results_bind=None, metrics_port=None, **options
-    )
-
-
-def inspect(model_dir: Path, frames: list[Frame], workdir: Path, **options: object) -> Inspector:
+def inspect(model_dir: Path, frames: list[Frame], workdir: Path, settings: dict[str, object]) -> Inspector:
     """Send `frames` before the inspector starts, so that they form one batch, and wait for every one."""
-    config = base_config(workdir, model_dir=model_dir, max_batch=len(frames), max_wait_ms=3000, **options)
+    batch = {"model.package": model_dir, "batching.max_batch": len(frames), "batching.max_wait_ms": 3000}
+    config = loopback_config(workdir, {**batch, **settings})
     inspector = Inspector(config)
     try:
         with FrameSender(inspector.receiver.endpoint) as sender:
@@ -164,7 +166,9 @@ def host_results(
     frames = line_frames()
     references = {}
     for model_dir in (toy_model_dir, toy_map_model_dir):
-        inspector = inspect(model_dir, frames, tmp_path_factory.mktemp("host"), frame_path="host")
+        inspector = inspect(
+            model_dir, frames, tmp_path_factory.mktemp("host"), {"inference.frame_path": "host"}
+        )
         assert inspector.plan.path == "host"
         references[model_dir] = recorded(inspector)
     return references
@@ -209,19 +213,24 @@ def test_a_device_path_that_cannot_run_is_refused_with_the_way_out() -> None:
 
 def test_serve_options_reach_the_config_and_contradictions_are_refused(tmp_path: Path) -> None:
     argv = ["serve", "--model", "m", "--frame-path", "device", "--device", "cpu", "--runtime", "torch"]
-    config = config_from_args(build_parser().parse_args(argv))
+    config = build_config({}, overrides_from_args(build_parser().parse_args(argv))).inference
     assert (config.frame_path, config.device, config.runtime, config.cuda_graph) == (
         "device",
         "cpu",
         "torch",
         False,
     )
-    defaults = config_from_args(build_parser().parse_args(["serve", "--model", "m"]))
+    defaults = build_config(
+        {}, overrides_from_args(build_parser().parse_args(["serve", "--model", "m"]))
+    ).inference
     assert (defaults.frame_path, defaults.runtime, defaults.cuda_graph) == ("auto", "ort", False)
-    with pytest.raises(ValueError, match="add --runtime torch"):
-        base_config(tmp_path, model_dir=tmp_path, cuda_graph=True)
+    with pytest.raises(ValueError, match=r'set inference.runtime = "torch" \(--runtime torch\)'):
+        loopback_config(tmp_path, {"model.package": tmp_path, "inference.cuda_graph": True})
     with pytest.raises(ValueError, match="device frame path only"):
-        base_config(tmp_path, model_dir=tmp_path, frame_path="host", runtime="torch")
+        loopback_config(
+            tmp_path,
+            {"model.package": tmp_path, "inference.frame_path": "host", "inference.runtime": "torch"},
+        )
 
 
 def test_only_the_map_rows_postprocess_reads_come_back(toy_map_model_dir: Path) -> None:
@@ -254,7 +263,12 @@ def test_device_path_judges_like_the_host_path_and_rejects_only_the_corrupt_jpeg
 ) -> None:
     model_dir = toy_map_model_dir if with_map else toy_model_dir
     frames = line_frames()
-    inspector = inspect(model_dir, frames, tmp_path, frame_path="device", device=device, runtime=runtime)
+    inspector = inspect(
+        model_dir,
+        frames,
+        tmp_path,
+        {"inference.frame_path": "device", "inference.device": device, "inference.runtime": runtime},
+    )
     plan = inspector.plan
     assert plan.path == "device" and plan.runtime == runtime and inspector.active.device == device
     results = recorded(inspector)
@@ -285,7 +299,15 @@ def test_an_inference_failure_on_the_device_is_a_review_for_every_frame(
     device: str, toy_model_dir: Path, tmp_path: Path
 ) -> None:
     frames = line_frames()
-    config = base_config(tmp_path, model_dir=toy_model_dir, frame_path="device", device=device, max_batch=4)
+    config = loopback_config(
+        tmp_path,
+        {
+            "model.package": toy_model_dir,
+            "inference.frame_path": "device",
+            "inference.device": device,
+            "batching.max_batch": 4,
+        },
+    )
     inspector = Inspector(config)
 
     class Failing:
@@ -318,15 +340,17 @@ def test_hot_swap_on_the_device_path_judges_every_frame_exactly_once(
     for version in ("1", "2"):
         publish(registry, make_toy_package(tmp_path / f"pkg{version}", version=version))
     promote(registry, name, "1")
-    config = base_config(
+    config = loopback_config(
         tmp_path / "inspector",
-        registry=registry,
-        model_name=name,
-        registry_poll_s=0.05,
-        frame_path="device",
-        device=device,
-        runtime=runtime,
-        max_batch=4,
+        {
+            "model.registry": str(registry),
+            "model.name": name,
+            "model.poll_s": 0.05,
+            "inference.frame_path": "device",
+            "inference.device": device,
+            "inference.runtime": runtime,
+            "batching.max_batch": 4,
+        },
     )
     inspector = Inspector(config)
     inspector.start()

@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from edge_inspect.models import registry
+from edge_inspect.inspector.preprocess import preprocess
+from edge_inspect.models import families
 from edge_inspect.models.efficientnet_lite0 import (
     CONFIG,
     FEATURE_LEVELS,
@@ -17,7 +18,6 @@ from edge_inspect.models.efficientnet_lite0 import (
     rename_state_dict,
     weights_path,
 )
-from edge_inspect.preprocess import preprocess
 
 skimage_data = pytest.importorskip("skimage.data")
 
@@ -107,12 +107,12 @@ def test_feature_levels_match_timm_and_have_the_right_shapes(backbone: torch.nn.
 
 
 def test_registry_names_known_families() -> None:
-    assert "classifier" in registry.known_families()
+    assert "classifier" in families.known_families()
     with pytest.raises(
-        registry.UnknownFamilyError, match=r"unknown model family 'resnet'; known: .*classifier"
+        families.UnknownFamilyError, match=r"unknown model family 'resnet'; known: .*classifier"
     ):
-        registry.get_family("resnet")
-    model = registry.build_model("classifier", pretrained=False)
+        families.get_family("resnet")
+    model = families.build_model("classifier", pretrained=False)
     with torch.no_grad():
         scores = model.eval()(torch.zeros(3, 3, 64, 64))
     assert scores.shape == (3,) and bool(((scores > 0) & (scores < 1)).all())

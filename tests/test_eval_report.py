@@ -7,7 +7,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from edge_inspect.eval_report import ScoredImage, worst_cases, write_report, write_scores_csv
+from edge_inspect.training.report import ScoredImage, worst_cases, write_report, write_scores_csv
 
 
 def scored_set(tmp_path: Path) -> list[ScoredImage]:

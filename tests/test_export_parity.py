@@ -11,8 +11,13 @@ import onnx
 import pytest
 import torch
 
-from edge_inspect.evaluate import verdicts
-from edge_inspect.export import (
+from edge_inspect.inspector.infer import load_model
+from edge_inspect.inspector.preprocess import preprocess_batch
+from edge_inspect.models.classifier import DefectClassifier, build_classifier
+from edge_inspect.models.efficientnet_lite0 import CONFIG
+from edge_inspect.models.package import ModelPackage, ModelPackageError, load_package
+from edge_inspect.training.evaluate import verdicts
+from edge_inspect.training.export import (
     INPUT_NAME,
     SCORE_NAME,
     ExportError,
@@ -21,11 +26,6 @@ from edge_inspect.export import (
     export_package,
     probability_thresholds,
 )
-from edge_inspect.infer import load_model
-from edge_inspect.models.classifier import DefectClassifier, build_classifier
-from edge_inspect.models.efficientnet_lite0 import CONFIG
-from edge_inspect.models.package import ModelPackage, ModelPackageError, load_package
-from edge_inspect.preprocess import preprocess_batch
 
 skimage_data = pytest.importorskip("skimage.data")
 

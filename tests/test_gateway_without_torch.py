@@ -26,9 +26,11 @@ LIBRARY_GATEWAY = BLOCK_HEAVY + textwrap.dedent(
     import json
     import threading
 
-    from edge_inspect import bus
-    from edge_inspect.camera_adapters import base, cli, folder, synthetic, video
-    from edge_inspect.contracts import parse_header, raw_pixels
+    from edge_inspect.bus import transport as bus
+    from edge_inspect.camera_adapters import base, folder, synthetic, video
+    from edge_inspect.cli import camera
+    from edge_inspect.training import datasets
+    from edge_inspect.bus.contracts import parse_header, raw_pixels
 
     with bus.FrameReceiver("tcp://127.0.0.1:*") as receiver:
         config = base.CameraConfig("cam-gw", "line-1", receiver.endpoint, fps=0, max_frames=4)
@@ -41,7 +43,7 @@ LIBRARY_GATEWAY = BLOCK_HEAVY + textwrap.dedent(
     print(json.dumps({
         "captured": stats.captured,
         "received": received,
-        "elpv_test_images": len(folder.elpv_paths("test")),
+        "elpv_test_images": len(datasets.elpv_paths("test")),
         "still_blocked": all(sys.modules[name] is None for name in BLOCKED),
     }))
     """
@@ -50,7 +52,7 @@ LIBRARY_GATEWAY = BLOCK_HEAVY + textwrap.dedent(
 # The `edge-inspect camera` entry point builds the parser of every subcommand: none may import torch early.
 COMMAND_GATEWAY = BLOCK_HEAVY + textwrap.dedent(
     """
-    from edge_inspect.bus import FrameReceiver
+    from edge_inspect.bus.transport import FrameReceiver
     from edge_inspect.cli import main
 
     with FrameReceiver("tcp://127.0.0.1:*") as receiver:

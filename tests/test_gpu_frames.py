@@ -13,10 +13,10 @@ import numpy as np
 import pytest
 import torch
 
-from edge_inspect.contracts import ContractError, FrameHeader
-from edge_inspect.gpu_frames import PinnedStaging, decode_jpeg_batch
+from edge_inspect.bus.contracts import ContractError, FrameHeader
+from edge_inspect.inspector.device.gpu_frames import PinnedStaging, decode_jpeg_batch
+from edge_inspect.inspector.preprocess import PreprocessRecipe, preprocess_batch
 from edge_inspect.kernels import preprocess_batch_gpu
-from edge_inspect.preprocess import PreprocessRecipe, preprocess_batch
 from tests.test_kernels import make_frame
 
 # torchvision 0.29 deprecates its image codecs in favour of TorchCodec and says so on every call.
@@ -246,6 +246,6 @@ def test_module_imports_without_torch() -> None:
     """The camera side has no torch and may still import the module."""
     code = (
         "import sys; sys.modules['torch'] = None; sys.modules['torchvision'] = None\n"
-        "import edge_inspect.gpu_frames"
+        "import edge_inspect.inspector.device.gpu_frames"
     )
     subprocess.run([sys.executable, "-c", code], cwd=ROOT, check=True, timeout=60)

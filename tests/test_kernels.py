@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 import torch
 
+from edge_inspect.inspector.preprocess import PreprocessRecipe, preprocess, source_coords
 from edge_inspect.kernels import preprocess_batch_gpu, triton_available
 from edge_inspect.kernels.reference_torch import (
     PackedFrames,
@@ -24,7 +25,6 @@ from edge_inspect.kernels.reference_torch import (
     pack_frames,
     preprocess_batch_torch,
 )
-from edge_inspect.preprocess import PreprocessRecipe, preprocess, source_coords
 
 CUDA = torch.cuda.is_available()
 if not CUDA:

@@ -5,8 +5,8 @@ from pathlib import Path
 
 import pytest
 
+from edge_inspect.bus.contracts import InspectionResult, ModelRef, StageTimings
 from edge_inspect.cli import main
-from edge_inspect.contracts import InspectionResult, ModelRef, StageTimings
 from edge_inspect.sinks.record_store import RecordStore
 
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from edge_inspect.contracts import InspectionResult, ModelRef, StageTimings
+from edge_inspect.bus.contracts import InspectionResult, ModelRef, StageTimings
 from edge_inspect.sinks.mes_webhook import (
     HttpReply,
     WebhookConfig,

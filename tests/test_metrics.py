@@ -12,7 +12,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.samples import Sample
 
-from edge_inspect.contracts import STAGES, InspectionResult, ModelRef, StageTimings
+from edge_inspect.bus.contracts import STAGES, InspectionResult, ModelRef, StageTimings
 from edge_inspect.sinks.metrics import InspectorMetrics, MetricsServer
 
 MODEL = ModelRef(name="elpv-cls", version="1.2.0", sha256="ab" * 32)

@@ -11,9 +11,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from edge_inspect.bus import FrameSender
-from edge_inspect.contracts import FrameHeader
-from edge_inspect.model_registry import (
+from edge_inspect.bus.contracts import FrameHeader
+from edge_inspect.bus.transport import FrameSender
+from edge_inspect.inspector.service import Inspector
+from edge_inspect.models.package import load_package
+from edge_inspect.models.registry import (
     RegistryError,
     local_package_dir,
     promote,
@@ -22,10 +24,8 @@ from edge_inspect.model_registry import (
     rollback,
     versions,
 )
-from edge_inspect.models.package import load_package
-from edge_inspect.service import Inspector, InspectorConfig
 from edge_inspect.sinks.record_store import RecordStore
-from tests.helpers import wait_until
+from tests.helpers import loopback_config, wait_until
 from tests.toy_models import make_toy_package
 
 NAME = "toy-brightness"
@@ -76,15 +76,9 @@ def test_promote_refuses_a_tampered_package(registry: Path) -> None:
 
 def test_hot_swap_under_load_judges_every_frame_exactly_once(registry: Path, tmp_path: Path) -> None:
     promote(registry, NAME, "1")
-    config = InspectorConfig(
-        registry=registry,
-        model_name=NAME,
-        registry_poll_s=0.1,
-        workdir=tmp_path / "inspector",
-        bind="tcp://127.0.0.1:*",
-        results_bind=None,
-        metrics_port=None,
-        max_batch=4,
+    config = loopback_config(
+        tmp_path / "inspector",
+        {"model.registry": str(registry), "model.name": NAME, "model.poll_s": 0.1, "batching.max_batch": 4},
     )
     inspector = Inspector(config)
     inspector.start()

@@ -20,10 +20,12 @@ import onnx
 import pytest
 from botocore.exceptions import ClientError
 
-from edge_inspect.bus import FrameSender
+from edge_inspect.bus.contracts import FrameHeader
+from edge_inspect.bus.transport import FrameSender
 from edge_inspect.cli import main
-from edge_inspect.contracts import FrameHeader
-from edge_inspect.model_registry import (
+from edge_inspect.inspector.service import Inspector
+from edge_inspect.models.package import ModelPackageError, load_package, write_package
+from edge_inspect.models.registry import (
     RegistryError,
     local_package_dir,
     open_registry,
@@ -32,10 +34,8 @@ from edge_inspect.model_registry import (
     publish,
     versions,
 )
-from edge_inspect.models.package import ModelPackageError, load_package, write_package
-from edge_inspect.service import Inspector, InspectorConfig
 from edge_inspect.sinks.record_store import RecordStore
-from tests.helpers import wait_until
+from tests.helpers import loopback_config, wait_until
 from tests.toy_models import make_toy_package
 
 # Every test here talks to a server process.
@@ -243,15 +243,9 @@ def test_a_running_inspector_follows_promotions_in_s3(
     for version in ("1", "2", "3"):
         publish(registry, packages[version])
     promote(registry, NAME, "1")
-    config = InspectorConfig(
-        registry=registry,
-        model_name=NAME,
-        registry_poll_s=0.1,
-        workdir=tmp_path / "inspector",
-        bind="tcp://127.0.0.1:*",
-        results_bind=None,
-        metrics_port=None,
-        max_batch=4,
+    config = loopback_config(
+        tmp_path / "inspector",
+        {"model.registry": str(registry), "model.name": NAME, "model.poll_s": 0.1, "batching.max_batch": 4},
     )
     inspector = Inspector(config)
     inspector.start()

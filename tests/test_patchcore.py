@@ -18,8 +18,10 @@ import numpy as np
 import pytest
 import torch
 
-from edge_inspect.calibration import calibrate
-from edge_inspect.infer import load_model
+from edge_inspect.inspector.infer import load_model
+from edge_inspect.inspector.postprocess import postprocess
+from edge_inspect.inspector.preprocess import preprocess_batch
+from edge_inspect.inspector.rules import QualityRules
 from edge_inspect.models.efficientnet_lite0 import CONFIG as LITE0
 from edge_inspect.models.package import ModelCard, load_package
 from edge_inspect.models.patchcore import (
@@ -30,10 +32,8 @@ from edge_inspect.models.patchcore import (
     coreset_size,
     greedy_coreset,
 )
-from edge_inspect.postprocess import postprocess
-from edge_inspect.preprocess import preprocess_batch
-from edge_inspect.rules import QualityRules
-from edge_inspect.train_patchcore import (
+from edge_inspect.training.calibrate import calibrate
+from edge_inspect.training.train_patchcore import (
     export_patchcore_package,
     register_train_subcommand,
     train_patchcore,
@@ -231,7 +231,7 @@ def test_trainer_on_a_folder_in_the_common_layout(tmp_path: Path) -> None:
 
 
 def test_eval_reports_pixel_auroc_from_ground_truth_masks(tmp_path: Path) -> None:
-    from edge_inspect.evaluate import evaluate_package
+    from edge_inspect.training.evaluate import evaluate_package
 
     root = write_brick_folder(tmp_path / "brick", np.random.default_rng(2), test_good=3, test_spot=3)
     (root / "ground_truth/spot").mkdir(parents=True)

@@ -3,11 +3,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from edge_inspect.contracts import Defect
+from edge_inspect.bus.contracts import Defect
+from edge_inspect.inspector.postprocess import defect_regions, postprocess
+from edge_inspect.inspector.preprocess import PreprocessRecipe
+from edge_inspect.inspector.rules import QualityRules, judge, normalise_scores
 from edge_inspect.models.package import ModelCard, ModelPackageError, Thresholds
-from edge_inspect.postprocess import defect_regions, postprocess
-from edge_inspect.preprocess import PreprocessRecipe
-from edge_inspect.rules import QualityRules, judge, normalise_scores
 
 THRESHOLDS = Thresholds(threshold=2.0, score_low=1.0, score_high=6.0, review_band=0.1)
 

@@ -6,7 +6,13 @@ import numpy as np
 import pytest
 import torch
 
-from edge_inspect.preprocess import PreprocessRecipe, crop, preprocess, preprocess_batch, source_coords
+from edge_inspect.inspector.preprocess import (
+    PreprocessRecipe,
+    crop,
+    preprocess,
+    preprocess_batch,
+    source_coords,
+)
 
 MEAN3, STD3 = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 

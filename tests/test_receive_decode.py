@@ -4,9 +4,9 @@ import cv2
 import numpy as np
 import pytest
 
-from edge_inspect.contracts import ContractError, FrameHeader, encode_frame
-from edge_inspect.decode import decode
-from edge_inspect.receive import validate
+from edge_inspect.bus.contracts import ContractError, FrameHeader, encode_frame
+from edge_inspect.inspector.decode import decode
+from edge_inspect.inspector.receive import validate
 
 
 def frame_parts(image: np.ndarray, encoding: str = "raw") -> list[memoryview]:

@@ -10,7 +10,7 @@ import cv2
 import numpy as np
 import pytest
 
-from edge_inspect.contracts import Defect, InspectionResult, ModelRef, StageTimings
+from edge_inspect.bus.contracts import Defect, InspectionResult, ModelRef, StageTimings
 from edge_inspect.sinks import record_store
 from edge_inspect.sinks.record_store import SCHEMA_VERSION, RecordStore, RecordStoreError
 

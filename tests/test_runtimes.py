@@ -12,20 +12,24 @@ import pytest
 import torch
 from onnx import TensorProto, helper
 
-from edge_inspect.infer import cuda_device_count, load_model
-from edge_inspect.models.package import ModelCard, ModelPackage, Thresholds, load_package, write_package
-from edge_inspect.preprocess import PreprocessRecipe, preprocess_batch
-from edge_inspect.runtimes import cuda_usable, load_runtime, pick_device
-from edge_inspect.runtimes.base import TensorSpec, check_batch, fetch_outputs
-from edge_inspect.runtimes.onnx_lowering import TARGET_OPSET, UnsupportedGraphError, lower_for_onnx2torch
-from edge_inspect.runtimes.ort_iobinding import OrtIoBindingRuntime, cuda_provider_options
-from edge_inspect.runtimes.torch_backend import (
+from edge_inspect.inspector.device.runtimes import cuda_usable, load_runtime, pick_device
+from edge_inspect.inspector.device.runtimes.base import TensorSpec, check_batch, fetch_outputs
+from edge_inspect.inspector.device.runtimes.onnx_lowering import (
+    TARGET_OPSET,
+    UnsupportedGraphError,
+    lower_for_onnx2torch,
+)
+from edge_inspect.inspector.device.runtimes.ort_iobinding import OrtIoBindingRuntime, cuda_provider_options
+from edge_inspect.inspector.device.runtimes.torch_backend import (
     HostShape,
     TorchRuntime,
     check_output_producers,
     convert,
     place,
 )
+from edge_inspect.inspector.infer import cuda_device_count, load_model
+from edge_inspect.inspector.preprocess import PreprocessRecipe, preprocess_batch
+from edge_inspect.models.package import ModelCard, ModelPackage, Thresholds, load_package, write_package
 from tests.toy_models import TOY_SIZE
 
 CUDA = torch.cuda.is_available() and cuda_device_count() > 0
@@ -100,11 +104,11 @@ def float_input(name: str = "x", shape: tuple[int, ...] = (1, 1, 4, 4)) -> onnx.
 @pytest.fixture(scope="module", params=["classifier", "classifier-tta", "patchcore"])
 def exported(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> ModelPackage:
     """Small real exports (untrained weights): what `edge-inspect train` writes, through the same exporter."""
-    from edge_inspect.export import classifier_card, export_package, probability_thresholds
     from edge_inspect.models.classifier import DihedralAverage, build_classifier
     from edge_inspect.models.efficientnet_lite0 import CONFIG
     from edge_inspect.models.patchcore import MAP_OUTPUT, PatchCoreConfig, build_patchcore
-    from edge_inspect.train_patchcore import export_patchcore_package
+    from edge_inspect.training.export import classifier_card, export_package, probability_thresholds
+    from edge_inspect.training.train_patchcore import export_patchcore_package
 
     torch.manual_seed(0)
     recipe = CONFIG.recipe(EXPORT_SIZE)
@@ -180,7 +184,7 @@ def test_load_runtime_logs_what_runs_and_refuses_contradictory_options(
     toy_model_dir: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     package = load_package(toy_model_dir)
-    with caplog.at_level(logging.INFO, logger="edge_inspect.runtimes"):
+    with caplog.at_level(logging.INFO, logger="edge_inspect.inspector.device.runtimes"):
         runtime = load_runtime(package, "ort", "auto")
     expected = pick_device("auto", cuda_usable("ort"))
     assert runtime.device.type == expected

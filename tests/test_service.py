@@ -10,11 +10,11 @@ import cv2
 import numpy as np
 import zmq
 
-from edge_inspect.bus import FrameSender
-from edge_inspect.contracts import FrameHeader, InspectionResult
-from edge_inspect.service import Inspector, InspectorConfig, SeqTracker, should_archive
+from edge_inspect.bus.contracts import FrameHeader, InspectionResult
+from edge_inspect.bus.transport import FrameSender
+from edge_inspect.inspector.service import Inspector, SeqTracker, should_archive
 from edge_inspect.sinks.record_store import RecordStore
-from tests.helpers import MesReceiver, wait_until
+from tests.helpers import MesReceiver, loopback_config, wait_until
 from tests.toy_models import make_toy_package
 
 
@@ -27,14 +27,15 @@ def send(sender: FrameSender, seq: int, brightness: int, encoding: str = "raw", 
 
 def test_inspector_judges_records_publishes_and_delivers(toy_map_model_dir: Path, tmp_path: Path) -> None:
     mes = MesReceiver()
-    config = InspectorConfig(
-        model_dir=toy_map_model_dir,
-        workdir=tmp_path,
-        bind="tcp://127.0.0.1:*",
-        results_bind="tcp://127.0.0.1:*",
-        metrics_port=0,
-        mes_url=mes.url,
-        max_batch=4,
+    config = loopback_config(
+        tmp_path,
+        {
+            "model.package": toy_map_model_dir,
+            "bus.results": "tcp://127.0.0.1:*",
+            "metrics.port": 0,
+            "mes.url": mes.url,
+            "batching.max_batch": 4,
+        },
     )
     inspector = Inspector(config)
     ctx = zmq.Context()
@@ -96,14 +97,9 @@ def test_inspector_judges_records_publishes_and_delivers(toy_map_model_dir: Path
 
 
 def test_graceful_stop_drains_every_accepted_frame(toy_model_dir: Path, tmp_path: Path) -> None:
-    config = InspectorConfig(
-        model_dir=toy_model_dir,
-        workdir=tmp_path,
-        bind="tcp://127.0.0.1:*",
-        results_bind=None,
-        metrics_port=None,
-        max_batch=2,
-        queue_depth=64,
+    config = loopback_config(
+        tmp_path,
+        {"model.package": toy_model_dir, "batching.max_batch": 2, "batching.queue_depth": 64},
     )
     inspector = Inspector(config)
     inspector.start()
@@ -125,9 +121,7 @@ def test_graceful_stop_drains_every_accepted_frame(toy_model_dir: Path, tmp_path
 def test_a_batch_that_fails_to_preprocess_is_judged_review_and_the_line_goes_on(tmp_path: Path) -> None:
     # The recipe crops 60x40 frames; a camera sending smaller ones makes preprocessing raise.
     model_dir = make_toy_package(tmp_path / "roi-model", roi=(0, 0, 60, 40))
-    config = InspectorConfig(
-        model_dir=model_dir, workdir=tmp_path, bind="tcp://127.0.0.1:*", results_bind=None, metrics_port=0
-    )
+    config = loopback_config(tmp_path, {"model.package": model_dir, "metrics.port": 0})
     small = np.full((20, 30), 250, np.uint8)
     with Inspector(config) as inspector:
         sender = FrameSender(inspector.receiver.endpoint)

@@ -18,13 +18,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from edge_inspect import evaluate, train
-from edge_inspect.datasets import elpv_root, elpv_split, fingerprint
-from edge_inspect.demo_model import prepare_demo_model
-from edge_inspect.evaluate import best_threshold, compute_metrics, review_metrics
-from edge_inspect.export import probability_thresholds
 from edge_inspect.models.package import load_package
-from edge_inspect.train import (
+from edge_inspect.training import evaluate
+from edge_inspect.training import train_classifier as train
+from edge_inspect.training.datasets import elpv_root, elpv_split, fingerprint
+from edge_inspect.training.demo_model import prepare_demo_model
+from edge_inspect.training.evaluate import best_threshold, compute_metrics, review_metrics
+from edge_inspect.training.export import probability_thresholds
+from edge_inspect.training.train_classifier import (
     PROBE_C_GRID,
     Augmentation,
     ImageSet,
@@ -141,14 +142,15 @@ def test_modules_import_without_torch() -> None:
         import argparse, sys
         for name in ("torch", "timm", "onnxruntime", "sklearn"):
             sys.modules[name] = None
-        from edge_inspect import demo_model, evaluate, export, train
-        from edge_inspect.models import registry
+        from edge_inspect.models import families
+        from edge_inspect.training import demo_model, evaluate, export
+        from edge_inspect.training import train_classifier as train
         parser = argparse.ArgumentParser()
         sub = parser.add_subparsers()
         train.register(sub)
         evaluate.register(sub)
         args = parser.parse_args(["train", "classifier", "--out", "x", "--recipe", "linear-probe"])
-        print(args.recipe, registry.known_families())
+        print(args.recipe, families.known_families())
         """
     )
     done = subprocess.run(

@@ -7,8 +7,8 @@ from pathlib import Path
 import onnx
 from onnx import TensorProto, helper
 
+from edge_inspect.inspector.preprocess import PreprocessRecipe
 from edge_inspect.models.package import ModelCard, Thresholds, write_package
-from edge_inspect.preprocess import PreprocessRecipe
 
 TOY_SIZE = 32
 

@@ -17,8 +17,8 @@ from typing import Protocol
 import cv2
 import numpy as np
 
-from edge_inspect.bus import FrameSender
-from edge_inspect.contracts import CHANNELS, DELIVERIES, DTYPES, ENCODINGS, FrameHeader
+from edge_inspect.bus.contracts import CHANNELS, DELIVERIES, DTYPES, ENCODINGS, FrameHeader
+from edge_inspect.bus.transport import FrameSender
 from edge_inspect.logs import log_event
 
 logger = logging.getLogger(__name__)

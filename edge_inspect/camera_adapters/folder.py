@@ -1,4 +1,4 @@
-"""Replay image files as a camera: a folder of captures, or the ELPV solar-cell images.
+"""Replay image files as a camera: a folder of captures (the ELPV replay gives it the data set's paths).
 
 Images keep their pixel format (mono stays mono, 16-bit stays 16-bit) so the inspector sees what the
 real camera would send. A file that cannot be read is logged, counted and skipped: one bad file on a
@@ -14,10 +14,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from edge_inspect.bus.contracts import DTYPES
 from edge_inspect.camera_adapters.base import SourceError, SourceFrame
-from edge_inspect.contracts import DTYPES
-from edge_inspect.datasets import SPLITS as ELPV_SPLITS
-from edge_inspect.datasets import elpv_split, load_elpv
 from edge_inspect.logs import log_event
 
 logger = logging.getLogger(__name__)
@@ -96,14 +94,3 @@ class FolderSource:
             if not delivered:
                 # Looping over files that all fail would spin forever without sending a frame.
                 raise SourceError(f"none of the {len(self.paths)} images could be read; check the files")
-
-
-def elpv_paths(split: str | None = "test", seed: int = 0) -> list[Path]:
-    """The ELPV solar-cell images of one split of the project's fixed split (None or 'all': every image).
-
-    Read in place from the installed `elpv-dataset` package; nothing is copied.
-    """
-    if split not in (*ELPV_SPLITS, "all", None):
-        raise ValueError(f"ELPV split {split!r} is not one of {(*ELPV_SPLITS, 'all')}")
-    samples = load_elpv() if split in (None, "all") else elpv_split(seed)[split]
-    return [sample.path for sample in samples]

@@ -2,7 +2,7 @@
 
 `preprocess_batch_gpu` runs the fused Triton kernel (`preprocess_triton`) on CUDA batches and the separate-ops
 torch path (`reference_torch`) elsewhere, the interpreter included (it is for tests); both compute exactly
-`edge_inspect.preprocess.preprocess_batch`. Imports are lazy: the camera side has no torch and still imports
+`inspector.preprocess.preprocess_batch`. Imports are lazy: the camera side has no torch and still imports
 this package.
 """
 
@@ -14,8 +14,8 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     import torch
 
+    from edge_inspect.inspector.preprocess import PreprocessRecipe
     from edge_inspect.kernels.reference_torch import Frame, PackedFrames, Roi
-    from edge_inspect.preprocess import PreprocessRecipe
 
 
 def triton_available() -> bool:

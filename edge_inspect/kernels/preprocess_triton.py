@@ -1,6 +1,6 @@
 """One fused Triton kernel for the whole preprocessing of a batch: ROI crop, bilinear resize, colour
 conversion and per-channel normalisation in a single pass, writing the (N, C, height, width) model input in
-float16 or float32. It computes exactly `edge_inspect.preprocess.preprocess_batch`; `reference_torch` is its
+float16 or float32. It computes exactly `inspector.preprocess.preprocess_batch`; `reference_torch` is its
 readable spec and owns the host-side layout and tables.
 
 Input layout: `PackedFrames`, frames of their own sizes (mono or BGR, HWC, uint8 or uint16) back to back in
@@ -27,6 +27,7 @@ import torch
 import triton
 import triton.language as tl
 
+from edge_inspect.inspector.preprocess import LUMA_BGR, PreprocessRecipe
 from edge_inspect.kernels.reference_torch import (
     Frame,
     PackedFrames,
@@ -36,7 +37,6 @@ from edge_inspect.kernels.reference_torch import (
     output_buffer,
     pack_frames,
 )
-from edge_inspect.preprocess import LUMA_BGR, PreprocessRecipe
 
 # Whether the kernel below runs in the interpreter: fixed when triton.jit decorates it, at import.
 INTERPRETED: bool = bool(triton.knobs.runtime.interpret)

@@ -1,5 +1,5 @@
 """Plain-torch batched preprocessing: the readable spec of the fused Triton kernel and the GPU path built from
-separate torch ops. It computes exactly `edge_inspect.preprocess.preprocess_batch`, on CPU or CUDA tensors.
+separate torch ops. It computes exactly `inspector.preprocess.preprocess_batch`, on CPU or CUDA tensors.
 
 Everything host-side that the torch and Triton implementations share lives here:
 
@@ -22,7 +22,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from edge_inspect.preprocess import LUMA_BGR, PreprocessRecipe, source_coords, value_scale
+from edge_inspect.inspector.preprocess import LUMA_BGR, PreprocessRecipe, source_coords, value_scale
 
 Roi = tuple[int, int, int, int]
 Frame = np.ndarray | torch.Tensor

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from edge_inspect.preprocess import PreprocessRecipe
+from edge_inspect.inspector.preprocess import PreprocessRecipe
 
 if TYPE_CHECKING:
     import torch

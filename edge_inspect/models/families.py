@@ -72,7 +72,7 @@ register_family(
         name="classifier",
         summary="supervised OK/NG classifier: EfficientNet-Lite0 + logistic head, score = P(defective)",
         builder="edge_inspect.models.classifier:build_classifier",
-        train_cli="edge_inspect.train:register_classifier_subcommand",
+        train_cli="edge_inspect.training.train_classifier:register_classifier_subcommand",
     )
 )
 register_family(
@@ -81,6 +81,6 @@ register_family(
         summary="good-only anomaly detection: PatchCore on EfficientNet-Lite0 features, "
         "score = distance to normal patches",
         builder="edge_inspect.models.patchcore:build_patchcore",
-        train_cli="edge_inspect.train_patchcore:register_train_subcommand",
+        train_cli="edge_inspect.training.train_patchcore:register_train_subcommand",
     )
 )

@@ -15,7 +15,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from edge_inspect.preprocess import PreprocessRecipe
+from edge_inspect.inspector.preprocess import PreprocessRecipe
 
 CARD_SCHEMA_VERSION = 1
 ONNX_NAME = "model.onnx"

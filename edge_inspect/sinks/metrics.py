@@ -22,7 +22,7 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.metrics_core import Metric
 from prometheus_client.registry import Collector
 
-from edge_inspect.contracts import STAGES, InspectionResult, ModelRef
+from edge_inspect.bus.contracts import STAGES, InspectionResult, ModelRef
 from edge_inspect.logs import log_event
 
 log = logging.getLogger(__name__)

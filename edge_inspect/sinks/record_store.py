@@ -29,7 +29,7 @@ from urllib.parse import quote
 import cv2
 import numpy as np
 
-from edge_inspect.contracts import VERDICTS, InspectionResult
+from edge_inspect.bus.contracts import VERDICTS, InspectionResult
 
 SCHEMA_VERSION = 1
 OUTBOX_STATES: tuple[str, ...] = ("pending", "delivered", "dead")

@@ -7,11 +7,10 @@ score_high). Dashboards, the REVIEW band and the quality engineer's rules all re
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import numpy as np
+from pydantic import BaseModel, ConfigDict, Field
 
-from edge_inspect.contracts import Defect
+from edge_inspect.bus.contracts import Defect
 from edge_inspect.models.package import Thresholds
 
 NORMALISED_THRESHOLD = 0.5
@@ -26,8 +25,7 @@ def normalise_scores(raw: np.ndarray, thresholds: Thresholds) -> np.ndarray:
     return np.clip(np.where(raw < t, below, above), 0.0, 1.0)
 
 
-@dataclass(frozen=True)
-class QualityRules:
+class QualityRules(BaseModel):
     """The quality engineer's rules on top of the model.
 
     `min_defect_area_px`: a part whose every defect region is smaller than this is not NG on the map
@@ -35,8 +33,10 @@ class QualityRules:
     calibrated band when set.
     """
 
-    min_defect_area_px: int = 0
-    review_band: float | None = None
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    min_defect_area_px: int = Field(0, ge=0)
+    review_band: float | None = Field(None, ge=0, lt=0.5)
 
     def band(self, thresholds: Thresholds) -> float:
         return thresholds.review_band if self.review_band is None else self.review_band

@@ -13,9 +13,9 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-from edge_inspect.contracts import Defect
+from edge_inspect.bus.contracts import Defect
+from edge_inspect.inspector.rules import NORMALISED_THRESHOLD, QualityRules, judge, normalise_scores
 from edge_inspect.models.package import ModelCard
-from edge_inspect.rules import NORMALISED_THRESHOLD, QualityRules, judge, normalise_scores
 
 
 @dataclass(frozen=True)

@@ -14,36 +14,40 @@ drains everything already accepted.
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import logging
 import queue
 import signal
-import sys
 import threading
 import time
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from edge_inspect.contracts import VERDICTS, ContractError, Defect, InspectionResult, ModelRef, StageTimings
-from edge_inspect.datasets import stable_fraction
-from edge_inspect.frame_path import (
-    FRAME_PATHS,
+from edge_inspect.bus.contracts import (
+    VERDICTS,
+    ContractError,
+    Defect,
+    InspectionResult,
+    ModelRef,
+    StageTimings,
+)
+from edge_inspect.inspector.config import InspectorConfig
+from edge_inspect.inspector.device.frame_path import (
     DeviceFramePath,
     FramePlan,
     choose_frame_path,
     host_image,
     probe_device_path,
 )
+from edge_inspect.inspector.rules import NORMALISED_THRESHOLD
 from edge_inspect.logs import log_event
 from edge_inspect.models.package import ModelCard, ModelPackage
-from edge_inspect.rules import NORMALISED_THRESHOLD, QualityRules
-from edge_inspect.runtimes import DEVICE_REQUESTS, RUNTIMES
+from edge_inspect.sampling import stable_fraction
 
 if TYPE_CHECKING:
     import torch
@@ -51,69 +55,6 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 ARCHIVED_VERDICTS = ("NG", "REVIEW")
-
-
-@dataclass(frozen=True)
-class InspectorConfig:
-    """`model_dir` serves one fixed package; `registry` (a directory or `s3://bucket/prefix`) + `model_name`
-    serve the promoted version and follow promotions while running (checked every `registry_poll_s`)."""
-
-    model_dir: Path | None = None
-    registry: Path | str | None = None
-    model_name: str | None = None
-    registry_poll_s: float = 2.0
-    workdir: Path = Path("var/inspector")
-    bind: str = "tcp://127.0.0.1:5555"
-    results_bind: str | None = "tcp://127.0.0.1:5556"
-    metrics_port: int | None = 9108
-    metrics_addr: str = "127.0.0.1"
-    mes_url: str | None = None
-    mes_max_backoff_s: float = 300.0
-    max_batch: int = 8
-    max_wait_ms: float = 10.0
-    queue_depth: int = 32
-    device: str = "auto"
-    threads: int = 0
-    # Where frames are decoded and preprocessed (see frame_path.py), and what runs the model on the device
-    # path; the host path always runs ONNX Runtime.
-    frame_path: str = "auto"
-    runtime: str = "ort"
-    cuda_graph: bool = False
-    rules: QualityRules = field(default_factory=QualityRules)
-    # Share of OK parts whose images are archived too, so retraining gets fresh good images.
-    archive_ok_rate: float = 0.0
-
-    def __post_init__(self) -> None:
-        if self.registry is not None and self.model_name is None:
-            raise ValueError("a registry needs a model name: which of its models to serve (--model-name)")
-        if (self.model_dir is None) == (self.registry is None):
-            raise ValueError("give either a model directory (--model) or a registry (--registry), not both")
-        if self.frame_path not in FRAME_PATHS:
-            raise ValueError(f"frame path {self.frame_path!r} is not one of {FRAME_PATHS} (--frame-path)")
-        if self.runtime not in RUNTIMES:
-            raise ValueError(f"runtime {self.runtime!r} is not one of {RUNTIMES} (--runtime)")
-        if self.cuda_graph and self.runtime != "torch":
-            raise ValueError(
-                "--cuda-graph replays the torch runtime's CUDA graphs; add --runtime torch or drop it"
-            )
-        if self.frame_path == "host" and (self.runtime != "ort" or self.cuda_graph):
-            raise ValueError(
-                "--runtime torch and --cuda-graph run on the device frame path only; use --frame-path device "
-                "or auto, or drop them"
-            )
-
-    @property
-    def db_path(self) -> Path:
-        return self.workdir / "records.sqlite"
-
-    @property
-    def image_dir(self) -> Path:
-        return self.workdir / "images"
-
-    @property
-    def model_cache_dir(self) -> Path:
-        """Verified local copies of packages from an object-store registry."""
-        return self.workdir / "model-cache"
 
 
 @dataclass(frozen=True)
@@ -156,9 +97,9 @@ def load_active(package_dir: Path, config: InspectorConfig, plan: FramePlan) -> 
 def _load_on_host(
     package: ModelPackage, config: InspectorConfig, smoke: np.ndarray
 ) -> tuple[ActiveModel, np.ndarray]:
-    from edge_inspect.infer import load_model
+    from edge_inspect.inspector.infer import load_model
 
-    model = load_model(package, config.device, config.threads)
+    model = load_model(package, config.inference.device, config.inference.threads)
     score = np.asarray(model.run(smoke)[package.card.score_output])
     device = "cuda" if model.provider.startswith("CUDA") else "cpu"
     return ActiveModel(model, package.card, model_ref(package.card), device, model.provider), score
@@ -170,11 +111,13 @@ def _load_on_device(
     """A device runtime, smoke-tested the way it serves: from a batch already on its device."""
     import torch
 
-    from edge_inspect.runtimes import load_runtime
-    from edge_inspect.runtimes.base import fetch_outputs
+    from edge_inspect.inspector.device.runtimes import load_runtime
+    from edge_inspect.inspector.device.runtimes.base import fetch_outputs
 
     assert plan.device is not None
-    runtime = load_runtime(package, plan.runtime, plan.device, config.cuda_graph, config.threads)
+    runtime = load_runtime(
+        package, plan.runtime, plan.device, config.inference.cuda_graph, config.inference.threads
+    )
     batch = torch.from_numpy(smoke).to(runtime.device, runtime.input_dtype)
     score, _ = fetch_outputs(runtime.run_device(batch), package.card.score_output, None, ())
     provider = runtime.provider if plan.runtime == "ort" else "torch"
@@ -250,12 +193,12 @@ class Inspector:
     def __init__(self, config: InspectorConfig) -> None:
         import zmq
 
-        from edge_inspect.batching import CameraQueues
-        from edge_inspect.bus import FrameReceiver
+        from edge_inspect.bus.transport import FrameReceiver
+        from edge_inspect.inspector.batching import CameraQueues
         from edge_inspect.sinks.metrics import InspectorMetrics
 
         self.config = config
-        config.workdir.mkdir(parents=True, exist_ok=True)
+        config.records.workdir.mkdir(parents=True, exist_ok=True)
         self.metrics = InspectorMetrics()
         self._promoted_version: str | None = None
         self.plan = plan_frame_path(config)
@@ -264,21 +207,21 @@ class Inspector:
         self._device_path = DeviceFramePath(self.active.model.device) if self.plan.path == "device" else None
         self.metrics.set_model(self.active.ref, self.active.card.family, self.active.provider)
         self.metrics_server = (
-            self.metrics.serve(config.metrics_port, config.metrics_addr)
-            if config.metrics_port is not None
+            self.metrics.serve(config.metrics.port, config.metrics.address)
+            if config.metrics.port is not None
             else None
         )
         self._zmq = zmq.Context()
-        self.receiver = FrameReceiver(config.bind, context=self._zmq)
+        self.receiver = FrameReceiver(config.bus.bind, context=self._zmq)
         self._publisher = None
-        if config.results_bind:
+        if config.bus.results:
             self._publisher = self._zmq.socket(zmq.PUB)
             self._publisher.setsockopt(zmq.LINGER, 1000)
-            self._publisher.bind(config.results_bind)
+            self._publisher.bind(config.bus.results)
         self.results_endpoint = (
             self._publisher.getsockopt(zmq.LAST_ENDPOINT).decode() if self._publisher else None
         )
-        self.queues = CameraQueues(config.queue_depth, self._count_drop)
+        self.queues = CameraQueues(config.batching.queue_depth, self._count_drop)
         # One batch prepared ahead of the one being inferred: enough to overlap, little added latency.
         self._prepared: queue.Queue[PreparedBatch | None] = queue.Queue(maxsize=1)
         self._outcomes: queue.Queue[list[Outcome] | None] = queue.Queue(maxsize=8)
@@ -290,21 +233,21 @@ class Inspector:
 
     # -- lifetime ---------------------------------------------------------------------------------
     def start(self) -> None:
-        if self.config.mes_url:
+        if self.config.mes.url:
             # Started before the sink thread, so the very first results already get outbox rows.
             from edge_inspect.sinks.mes_webhook import WebhookConfig, WebhookDeliverer
 
             self._deliverer = WebhookDeliverer(
                 self.config.db_path,
                 WebhookConfig(
-                    url=self.config.mes_url,
-                    initial_backoff_s=min(1.0, self.config.mes_max_backoff_s),
-                    max_backoff_s=self.config.mes_max_backoff_s,
+                    url=self.config.mes.url,
+                    initial_backoff_s=min(1.0, self.config.mes.max_backoff_s),
+                    max_backoff_s=self.config.mes.max_backoff_s,
                 ),
                 metrics=self.metrics,
             )
             self._deliverer.start()
-        if self.config.registry is not None:
+        if self.config.model.registry is not None:
             self._threads.append(threading.Thread(target=self._watch_registry, name="edge-inspect-registry"))
         for name, target in (
             ("receiver", self._receive_loop),
@@ -322,7 +265,7 @@ class Inspector:
             model=f"{self.active.card.name}:{self.active.card.version}",
             frame_path=self.plan.path,
             runtime=self.plan.runtime,
-            cuda_graph=self.config.cuda_graph and self.plan.path == "device",
+            cuda_graph=self.config.inference.cuda_graph and self.plan.path == "device",
             device=self.active.device,
             provider=self.active.provider,
             why=self.plan.reason,
@@ -384,34 +327,34 @@ class Inspector:
 
     # -- model source -----------------------------------------------------------------------------
     def _initial_package_dir(self) -> Path:
-        from edge_inspect.model_registry import local_package_dir, open_registry, promoted
+        from edge_inspect.models.registry import local_package_dir, open_registry, promoted
 
-        config = self.config
-        if config.model_dir is not None:
-            return config.model_dir
-        assert config.registry is not None and config.model_name is not None
-        store = open_registry(config.registry)
-        promotion = promoted(store, config.model_name)
+        source = self.config.model
+        if source.package is not None:
+            return source.package
+        assert source.registry is not None and source.name is not None
+        store = open_registry(source.registry)
+        promotion = promoted(store, source.name)
         if promotion is None:
             raise RuntimeError(
-                f"no version of {config.model_name} is promoted in {config.registry}; run "
-                f"`edge-inspect models --registry {config.registry} promote {config.model_name} VERSION`"
+                f"no version of {source.name} is promoted in {source.registry}; run "
+                f"`edge-inspect models --registry {source.registry} promote {source.name} VERSION`"
             )
         self._promoted_version = promotion.version
-        return local_package_dir(store, config.model_name, promotion.version, config.model_cache_dir)
+        return local_package_dir(store, source.name, promotion.version, self.config.model_cache_dir)
 
     def _watch_registry(self) -> None:
         """Follow promotions; a package that fails to download, its hash or its smoke test is refused, the
         old one stays."""
-        from edge_inspect.model_registry import RegistryError, local_package_dir, open_registry, promoted
+        from edge_inspect.models.registry import RegistryError, local_package_dir, open_registry, promoted
 
         config = self.config
-        assert config.registry is not None and config.model_name is not None
+        assert config.model.registry is not None and config.model.name is not None
         # One store (for S3: one client) for the whole watch, not one per poll.
-        store = open_registry(config.registry)
-        while not self._stop_receiving.wait(config.registry_poll_s):
+        store = open_registry(config.model.registry)
+        while not self._stop_receiving.wait(config.model.poll_s):
             try:
-                promotion = promoted(store, config.model_name)
+                promotion = promoted(store, config.model.name)
             except (OSError, ValueError, RegistryError) as exc:
                 log_event(log, logging.WARNING, "registry_unreadable", error=repr(exc))
                 continue
@@ -420,7 +363,7 @@ class Inspector:
             self._promoted_version = promotion.version
             try:
                 package_dir = local_package_dir(
-                    store, config.model_name, promotion.version, config.model_cache_dir
+                    store, config.model.name, promotion.version, config.model_cache_dir
                 )
                 candidate = load_active(package_dir, config, self.plan)
             except Exception as exc:  # any failure to load keeps the serving model
@@ -447,7 +390,7 @@ class Inspector:
 
     # -- receiver thread --------------------------------------------------------------------------
     def _receive_loop(self) -> None:
-        from edge_inspect.receive import validate
+        from edge_inspect.inspector.receive import validate
 
         try:
             while not self._stop_receiving.is_set():
@@ -483,7 +426,9 @@ class Inspector:
         """Batch, decode and preprocess; runs while the inference thread works on the previous batch."""
         try:
             while True:
-                batch = self.queues.next_batch(self.config.max_batch, self.config.max_wait_ms / 1000)
+                batch = self.queues.next_batch(
+                    self.config.batching.max_batch, self.config.batching.max_wait_ms / 1000
+                )
                 if batch:
                     try:
                         prepared = self._prepare(batch)
@@ -504,8 +449,8 @@ class Inspector:
             self._outcomes.put(None)
 
     def _prepare(self, batch: list) -> PreparedBatch | None:
-        from edge_inspect.decode import decode
-        from edge_inspect.preprocess import preprocess_batch
+        from edge_inspect.inspector.decode import decode
+        from edge_inspect.inspector.preprocess import preprocess_batch
 
         # One model for the whole batch: a swap takes effect at the next batch, never inside one.
         active = self.active
@@ -558,7 +503,7 @@ class Inspector:
         return self._device_path.infer(active.model, inputs, active.card, self.config.rules)
 
     def _judge(self, prepared: PreparedBatch) -> list[Outcome]:
-        from edge_inspect.postprocess import Judgement, postprocess
+        from edge_inspect.inspector.postprocess import Judgement, postprocess
 
         active, frames, images = prepared.active, prepared.frames, prepared.images
         t1 = t2 = time.perf_counter()
@@ -610,7 +555,7 @@ class Inspector:
                 model=active.ref,
                 timings_ms=timings,
             )
-            archived = image_to_archive(result, image, self.config.archive_ok_rate)
+            archived = image_to_archive(result, image, self.config.records.archive_ok_rate)
             outcomes.append(Outcome(result, archived, active.device))
         return outcomes
 
@@ -634,7 +579,7 @@ class Inspector:
                 path = store.archive_image(result, outcome.archive_image)
                 result = dataclasses.replace(result, image_path=path)
             results.append(result)
-        store.add_results(results, with_outbox=self.config.mes_url is not None)
+        store.add_results(results, with_outbox=self.config.mes.url is not None)
         if self._deliverer is not None:
             self._deliverer.wake()
         for result, outcome in zip(results, outcomes, strict=True):
@@ -646,32 +591,10 @@ class Inspector:
 def plan_frame_path(config: InspectorConfig) -> FramePlan:
     """The frame path for this machine; raises RuntimeError when the one requested cannot run here."""
     return choose_frame_path(
-        config.frame_path, config.device, config.runtime, probe_device_path(config.runtime)
-    )
-
-
-def config_from_args(args: argparse.Namespace) -> InspectorConfig:
-    return InspectorConfig(
-        model_dir=Path(args.model) if args.model else None,
-        # Kept as given: Path() would fold the "//" of an s3:// URL.
-        registry=args.registry or None,
-        model_name=args.model_name,
-        workdir=Path(args.workdir),
-        bind=args.bind,
-        results_bind=args.results or None,
-        metrics_port=None if args.metrics_port < 0 else args.metrics_port,
-        mes_url=args.mes_url,
-        mes_max_backoff_s=args.mes_max_backoff,
-        max_batch=args.max_batch,
-        max_wait_ms=args.max_wait_ms,
-        queue_depth=args.queue_depth,
-        device=args.device,
-        threads=args.threads,
-        frame_path=args.frame_path,
-        runtime=args.runtime,
-        cuda_graph=args.cuda_graph,
-        rules=QualityRules(min_defect_area_px=args.min_defect_area, review_band=args.review_band),
-        archive_ok_rate=args.archive_ok_rate,
+        config.inference.frame_path,
+        config.inference.device,
+        config.inference.runtime,
+        probe_device_path(config.inference.runtime),
     )
 
 
@@ -701,98 +624,3 @@ def run_until_signalled(config: InspectorConfig, seconds: float | None = None) -
         )
         stop.wait(seconds)
     return inspector.summary()
-
-
-def _serve(args: argparse.Namespace) -> int:
-    from edge_inspect.models.package import ModelPackageError
-
-    try:
-        summary = run_until_signalled(config_from_args(args), args.seconds)
-    except (ModelPackageError, ValueError, RuntimeError, OSError) as exc:
-        # Start-up failures (bad package, busy port, nothing promoted) are the operator's to fix.
-        print(f"edge-inspect serve: {exc}", file=sys.stderr)
-        return 2
-    print(json.dumps(summary), flush=True)
-    return 0
-
-
-def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser(
-        "serve",
-        help="run the inspector service",
-        description="Receive frames over ZeroMQ, judge every part with a model package, record, alarm and "
-        "report. "
-        "Prints a 'ready' JSON line when listening and a summary JSON line on exit (SIGINT/SIGTERM).",
-    )
-    source = p.add_mutually_exclusive_group(required=True)
-    source.add_argument("--model", help="model package directory (model.onnx + model.json)")
-    source.add_argument(
-        "--registry",
-        help="model registry, a directory or s3://bucket/prefix (endpoint and credentials from the AWS_* "
-        "environment); serve the promoted version and follow promotions",
-    )
-    p.add_argument("--model-name", help="with --registry: the model to serve")
-    p.add_argument(
-        "--workdir", default="var/inspector", help="record database and image archive (default: %(default)s)"
-    )
-    p.add_argument(
-        "--bind", default="tcp://127.0.0.1:5555", help="frame bus endpoint to bind (default: %(default)s)"
-    )
-    p.add_argument("--results", default="tcp://127.0.0.1:5556", help="PUB endpoint for results; '' disables")
-    p.add_argument("--metrics-port", type=int, default=9108, help="Prometheus port; 0 picks one, -1 disables")
-    p.add_argument("--mes-url", default=None, help="MES webhook URL (results POSTed at least once)")
-    p.add_argument(
-        "--mes-max-backoff",
-        type=float,
-        default=300.0,
-        help="longest wait between MES retries in s (default: %(default)s)",
-    )
-    p.add_argument("--max-batch", type=int, default=8, help="largest micro-batch (default: %(default)s)")
-    p.add_argument(
-        "--max-wait-ms", type=float, default=10.0, help="longest wait to fill a batch (default: %(default)s)"
-    )
-    p.add_argument("--queue-depth", type=int, default=32, help="frames queued per lossless camera")
-    p.add_argument(
-        "--device",
-        choices=DEVICE_REQUESTS,
-        default="auto",
-        help="where the model runs: auto (a usable CUDA GPU, else the CPU), cpu or cuda "
-        "(default: %(default)s)",
-    )
-    p.add_argument(
-        "--frame-path",
-        choices=FRAME_PATHS,
-        default="auto",
-        help="where frames are decoded and preprocessed: host (OpenCV and numpy, then ONNX Runtime), "
-        "device (JPEG decoded by torchvision/nvJPEG, raw frames staged through pinned memory, the fused "
-        "preprocessing kernel and the model all on the --device, only the scores and the map rows needed "
-        "copied back; with --device cpu the same path on CPU tensors), or auto: device when a CUDA GPU, "
-        "torch and triton are usable, else host (default: %(default)s)",
-    )
-    p.add_argument(
-        "--runtime",
-        choices=RUNTIMES,
-        default="ort",
-        help="what runs the model on the device path: ort (ONNX Runtime with IOBinding) or torch (the same "
-        "model.onnx converted by onnx2torch) (default: %(default)s)",
-    )
-    p.add_argument(
-        "--cuda-graph",
-        action="store_true",
-        help="with --runtime torch on a CUDA device: capture each batch size as a CUDA graph and replay it",
-    )
-    p.add_argument(
-        "--threads",
-        type=int,
-        default=0,
-        help="ONNX Runtime intra-op threads, on the host path or with --runtime ort (0: all cores)",
-    )
-    p.add_argument(
-        "--min-defect-area", type=int, default=0, help="rule: defects smaller than this (px) are tolerated"
-    )
-    p.add_argument("--review-band", type=float, default=None, help="override the model's REVIEW half-band")
-    p.add_argument(
-        "--archive-ok-rate", type=float, default=0.0, help="share of OK part images to archive (0..1)"
-    )
-    p.add_argument("--seconds", type=float, default=None, help="stop by itself after this many seconds")
-    p.set_defaults(handler=_serve)

@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from edge_inspect.rules import NORMALISED_THRESHOLD
+from edge_inspect.inspector.rules import NORMALISED_THRESHOLD
 
 WORST_PER_KIND = 8
 

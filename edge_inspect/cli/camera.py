@@ -193,7 +193,10 @@ def _build_source(args: argparse.Namespace) -> FrameSource:
         from edge_inspect.camera_adapters.video import VideoSource
 
         return VideoSource(args.uri, loop=args.loop)
-    from edge_inspect.camera_adapters.folder import FolderSource, elpv_paths, list_images
+    from edge_inspect.camera_adapters.folder import FolderSource, list_images
+
+    # The ELPV replay reads the data set's split from the lifecycle side (numpy only, no torch).
+    from edge_inspect.training.datasets import elpv_paths
 
     paths = list_images(args.path) if args.source == "folder" else elpv_paths(args.split)
     return FolderSource(paths, loop=args.loop)

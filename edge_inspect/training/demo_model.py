@@ -30,7 +30,7 @@ def prepare_demo_model(cache_dir: Path, progress: bool = True) -> Path:
         )
         return cache_dir
 
-    from edge_inspect.train import TrainConfig, train_classifier
+    from edge_inspect.training.train_classifier import TrainConfig, train_classifier
 
     train_classifier(
         TrainConfig(

@@ -22,19 +22,19 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
-from edge_inspect.contracts import ContractError
-from edge_inspect.infer import choose_providers, cuda_device_count
+from edge_inspect.bus.contracts import ContractError
+from edge_inspect.inspector.infer import choose_providers, cuda_device_count
+from edge_inspect.inspector.postprocess import examined_rows
+from edge_inspect.inspector.rules import QualityRules
 from edge_inspect.models.package import ModelCard
-from edge_inspect.postprocess import examined_rows
-from edge_inspect.rules import QualityRules
 
 if TYPE_CHECKING:
     import torch
 
+    from edge_inspect.inspector.device.runtimes.base import DeviceRuntime
+    from edge_inspect.inspector.preprocess import PreprocessRecipe
+    from edge_inspect.inspector.receive import ReceivedFrame
     from edge_inspect.kernels.reference_torch import PackedFrames
-    from edge_inspect.preprocess import PreprocessRecipe
-    from edge_inspect.receive import ReceivedFrame
-    from edge_inspect.runtimes.base import DeviceRuntime
 
 FRAME_PATHS: tuple[str, ...] = ("auto", "host", "device")
 
@@ -148,7 +148,7 @@ def fetch_for_postprocess(
     outputs: Mapping[str, torch.Tensor], card: ModelCard, rules: QualityRules
 ) -> dict[str, np.ndarray | dict[int, np.ndarray]]:
     """The host arrays `postprocess` reads: every score, and of the map only the rows it examines."""
-    from edge_inspect.runtimes.base import fetch_outputs
+    from edge_inspect.inspector.device.runtimes.base import fetch_outputs
 
     scores, _ = fetch_outputs(outputs, card.score_output, None, ())
     host: dict[str, np.ndarray | dict[int, np.ndarray]] = {card.score_output: scores}
@@ -185,7 +185,7 @@ class DeviceFramePath:
     def __init__(self, device: torch.device) -> None:
         import torch
 
-        from edge_inspect.gpu_frames import PinnedStaging
+        from edge_inspect.inspector.device.gpu_frames import PinnedStaging
 
         self.device = device
         self.staging = PinnedStaging(device)
@@ -229,8 +229,8 @@ class DeviceFramePath:
     def _decode(self, batch: Sequence[ReceivedFrame]) -> list[np.ndarray | torch.Tensor | ContractError]:
         """Per frame: a raw frame's zero-copy host view, a JPEG's decoded tensor on the device, or the
         rejection; all JPEGs of the batch are decoded in one call."""
-        from edge_inspect.contracts import raw_pixels
-        from edge_inspect.gpu_frames import decode_jpeg_batch
+        from edge_inspect.bus.contracts import raw_pixels
+        from edge_inspect.inspector.device.gpu_frames import decode_jpeg_batch
 
         jpegs = [frame for frame in batch if frame.header.encoding == "jpeg"]
         decoded = iter(

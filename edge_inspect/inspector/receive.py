@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from edge_inspect.contracts import ContractError, FrameHeader, parse_header
+from edge_inspect.bus.contracts import ContractError, FrameHeader, parse_header
 
 JPEG_SOI = b"\xff\xd8"
 

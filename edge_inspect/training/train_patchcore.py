@@ -22,9 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from edge_inspect.calibration import DEFAULT_TARGET_FRR, calibrate
-from edge_inspect.datasets import Sample, fingerprint
-from edge_inspect.evaluate import compute_metrics, review_metrics
+from edge_inspect.inspector.preprocess import PreprocessRecipe, preprocess_batch
 from edge_inspect.models.efficientnet_lite0 import CONFIG as LITE0
 from edge_inspect.models.package import (
     ModelCard,
@@ -32,8 +30,10 @@ from edge_inspect.models.package import (
     ModelPackageError,
     load_package,
 )
-from edge_inspect.preprocess import PreprocessRecipe, preprocess_batch
-from edge_inspect.train import (
+from edge_inspect.training.calibrate import DEFAULT_TARGET_FRR, calibrate
+from edge_inspect.training.datasets import Sample, fingerprint
+from edge_inspect.training.evaluate import compute_metrics, review_metrics
+from edge_inspect.training.train_classifier import (
     TrainingDataError,
     available_cores,
     dataset_splits,
@@ -94,8 +94,8 @@ def check_map_output(path: Path, input_shape: tuple[int, int, int]) -> None:
     """The anomaly map must be (batch, H, W) at input resolution: postprocess maps it to frame pixels."""
     import onnx
 
-    from edge_inspect.export import ExportError
     from edge_inspect.models.patchcore import MAP_OUTPUT
+    from edge_inspect.training.export import ExportError
 
     graph = onnx.load(str(path)).graph
     outputs = {o.name: o for o in graph.output}
@@ -119,8 +119,8 @@ def parity_errors(model: PatchCore, path: Path, images: np.ndarray) -> tuple[flo
     import onnxruntime as ort
     import torch
 
-    from edge_inspect.export import INPUT_NAME, SCORE_NAME
     from edge_inspect.models.patchcore import MAP_OUTPUT
+    from edge_inspect.training.export import INPUT_NAME, SCORE_NAME
 
     options = ort.SessionOptions()
     options.log_severity_level = 3
@@ -140,8 +140,8 @@ def export_patchcore_package(
     model: PatchCore, directory: Path, card: ModelCard, parity_images: np.ndarray
 ) -> ModelPackage:
     """Export, check (ONNX checker, input/output contract, parity with torch) and package `model`."""
-    from edge_inspect.export import SCORE_NAME, ExportError, export_checked
     from edge_inspect.models.patchcore import MAP_OUTPUT
+    from edge_inspect.training.export import SCORE_NAME, ExportError, export_checked
 
     def map_and_scores_as_torch(path: Path, input_shape: tuple[int, int, int]) -> dict[str, float]:
         check_map_output(path, input_shape)
@@ -314,7 +314,7 @@ def format_summary(package: ModelPackage, seconds: float) -> str:
 
 def train_patchcore_command(args: argparse.Namespace) -> int:
     """Handler of `edge-inspect train patchcore`."""
-    from edge_inspect.export import ExportError
+    from edge_inspect.training.export import ExportError
 
     started = time.perf_counter()
     try:

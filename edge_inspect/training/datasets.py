@@ -11,7 +11,6 @@ No torch here: the camera gateway replays these images too.
 from __future__ import annotations
 
 import hashlib
-import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -85,12 +84,6 @@ def elpv_split(seed: int = 0) -> dict[str, list[Sample]]:
     }
 
 
-def stable_fraction(key: str) -> float:
-    """A number in [0, 1) fixed by `key` alone: the same part lands on the same side of any sampling
-    cut, in every run and on every machine."""
-    return zlib.crc32(key.encode()) / 2**32
-
-
 def fingerprint(samples: list[Sample], root: Path | None = None) -> str:
     """A stable sha256 of which images, with which labels, a model saw (paths relative to `root`)."""
     digest = hashlib.sha256()
@@ -98,3 +91,14 @@ def fingerprint(samples: list[Sample], root: Path | None = None) -> str:
         rel = s.path.relative_to(root) if root else Path(s.path.name)
         digest.update(f"{rel}\t{s.probability:.4f}\t{s.cell_type}\t{s.defect_type}\n".encode())
     return digest.hexdigest()
+
+
+def elpv_paths(split: str | None = "test", seed: int = 0) -> list[Path]:
+    """The ELPV solar-cell images of one split of the project's fixed split (None or 'all': every image).
+
+    Read in place from the installed `elpv-dataset` package; nothing is copied.
+    """
+    if split not in (*SPLITS, "all", None):
+        raise ValueError(f"ELPV split {split!r} is not one of {(*SPLITS, 'all')}")
+    samples = load_elpv() if split in (None, "all") else elpv_split(seed)[split]
+    return [sample.path for sample in samples]

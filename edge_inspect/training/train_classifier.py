@@ -27,7 +27,11 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from edge_inspect.datasets import (
+from edge_inspect.inspector.preprocess import PreprocessRecipe, preprocess, preprocess_batch
+from edge_inspect.models.efficientnet_lite0 import CONFIG as LITE0
+from edge_inspect.models.families import get_family, known_families
+from edge_inspect.models.package import ModelPackage, ModelPackageError
+from edge_inspect.training.datasets import (
     ELPV_VAL_FRACTION,
     Sample,
     elpv_root,
@@ -35,11 +39,7 @@ from edge_inspect.datasets import (
     fingerprint,
     stratified_split,
 )
-from edge_inspect.evaluate import best_threshold, compute_metrics, review_metrics
-from edge_inspect.models.efficientnet_lite0 import CONFIG as LITE0
-from edge_inspect.models.package import ModelPackage, ModelPackageError
-from edge_inspect.models.registry import get_family, known_families
-from edge_inspect.preprocess import PreprocessRecipe, preprocess, preprocess_batch
+from edge_inspect.training.evaluate import best_threshold, compute_metrics, review_metrics
 
 if TYPE_CHECKING:
     import torch
@@ -477,8 +477,8 @@ def train_classifier(config: TrainConfig) -> ModelPackage:
     import timm
     import torch
 
-    from edge_inspect.export import classifier_card, export_package, probability_thresholds
     from edge_inspect.models.classifier import DihedralAverage, build_classifier
+    from edge_inspect.training.export import classifier_card, export_package, probability_thresholds
 
     started = time.perf_counter()
     torch.set_num_threads(config.threads or available_cores())
@@ -575,7 +575,7 @@ def format_summary(package: ModelPackage, seconds: float) -> str:
 
 
 def train_classifier_command(args: argparse.Namespace) -> int:
-    from edge_inspect.export import ExportError
+    from edge_inspect.training.export import ExportError
 
     started = time.perf_counter()
     try:
@@ -677,10 +677,10 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """`python -m edge_inspect.train FAMILY ...`: the train command without the other subcommands."""
+    """`python -m edge_inspect.training.train_classifier FAMILY ...`: train without the other commands."""
     from edge_inspect.logs import setup_logging
 
-    parser = argparse.ArgumentParser(prog="python -m edge_inspect.train")
+    parser = argparse.ArgumentParser(prog="python -m edge_inspect.training.train_classifier")
     parser.add_argument("-v", "--verbose", action="count", default=0)
     add_family_subcommands(parser)
     args = parser.parse_args(argv)

@@ -20,8 +20,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from edge_inspect.contracts import ContractError, FrameHeader
-from edge_inspect.decode import corrupt_jpeg, shape_mismatch
+from edge_inspect.bus.contracts import ContractError, FrameHeader
+from edge_inspect.inspector.decode import corrupt_jpeg, shape_mismatch
 
 if TYPE_CHECKING:
     import torch

@@ -23,10 +23,11 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from edge_inspect.datasets import Sample, stable_fraction
+from edge_inspect.sampling import stable_fraction
+from edge_inspect.training.datasets import Sample
 
 if TYPE_CHECKING:
-    from edge_inspect.model_registry import RegistryStore
+    from edge_inspect.models.registry import RegistryStore
 
 GOOD, DEFECT = "good", "defect"
 
@@ -79,7 +80,7 @@ def build_dataset(
 
     `test_data`'s test split joins the held-out images only (it is never trained on).
     """
-    from edge_inspect.train import dataset_splits
+    from edge_inspect.training.train_classifier import dataset_splits
 
     line = line_samples(db)
     line_train = [s for rid, s in line if not held_out(rid, line_holdout)]
@@ -143,7 +144,7 @@ def serving_recipe(training: dict[str, Any]) -> dict[str, Any]:
 
 def serving_package_dir(registry: RegistryStore, name: str, cache_dir: Path) -> Path:
     """A local, hash-verified copy of the promoted version (the registry's own directory on a filesystem)."""
-    from edge_inspect.model_registry import local_package_dir, promoted
+    from edge_inspect.models.registry import local_package_dir, promoted
 
     promotion = promoted(registry, name)
     if promotion is None:
@@ -155,10 +156,10 @@ def serving_package_dir(registry: RegistryStore, name: str, cache_dir: Path) -> 
 
 
 def retrain(args: argparse.Namespace) -> dict[str, Any]:
-    from edge_inspect.evaluate import evaluate_package
-    from edge_inspect.model_registry import open_registry, promote, publish
     from edge_inspect.models.package import load_package
-    from edge_inspect.train import TrainConfig, train_classifier
+    from edge_inspect.models.registry import open_registry, promote, publish
+    from edge_inspect.training.evaluate import evaluate_package
+    from edge_inspect.training.train_classifier import TrainConfig, train_classifier
 
     registry = open_registry(args.registry, args.s3_endpoint)
     serving_dir = serving_package_dir(registry, args.model_name, Path(args.workdir) / "model-cache")

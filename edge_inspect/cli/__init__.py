@@ -15,9 +15,13 @@ from edge_inspect.logs import setup_logging
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from edge_inspect import demo, evaluate, labelling, model_registry, retrain, service, train
-    from edge_inspect.camera_adapters import cli as camera_cli
+    from edge_inspect import demo
+    from edge_inspect.cli import camera as camera_cli
+    from edge_inspect.cli import serve
+    from edge_inspect.models import registry as model_registry
     from edge_inspect.sinks import record_store
+    from edge_inspect.training import evaluate, labelling, retrain
+    from edge_inspect.training import train_classifier as train
 
     parser = argparse.ArgumentParser(
         prog="edge-inspect",
@@ -31,7 +35,7 @@ def build_parser() -> argparse.ArgumentParser:
     for module in (
         demo,
         camera_cli,
-        service,
+        serve,
         train,
         evaluate,
         record_store,

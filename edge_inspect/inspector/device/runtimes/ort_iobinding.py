@@ -33,9 +33,15 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from edge_inspect.infer import card_outputs, session_options
+from edge_inspect.inspector.device.runtimes.base import (
+    NUMPY_TYPES,
+    TensorSpec,
+    check_batch,
+    normalise_device,
+    supported_dtype,
+)
+from edge_inspect.inspector.infer import card_outputs, session_options
 from edge_inspect.models.package import ModelPackage
-from edge_inspect.runtimes.base import NUMPY_TYPES, TensorSpec, check_batch, normalise_device, supported_dtype
 
 if TYPE_CHECKING:
     import onnxruntime as ort

@@ -12,7 +12,7 @@ import time
 from collections import deque
 from collections.abc import Callable
 
-from edge_inspect.receive import ReceivedFrame
+from edge_inspect.inspector.receive import ReceivedFrame
 
 DropCallback = Callable[[str, str], None]
 

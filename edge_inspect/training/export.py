@@ -15,9 +15,9 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from edge_inspect.inspector.preprocess import PreprocessRecipe
 from edge_inspect.logs import log_event
 from edge_inspect.models.package import ModelCard, ModelPackage, Thresholds, write_package
-from edge_inspect.preprocess import PreprocessRecipe
 
 if TYPE_CHECKING:
     from torch import nn

@@ -18,7 +18,7 @@ from types import TracebackType
 import numpy as np
 import zmq
 
-from edge_inspect.contracts import DELIVERIES, FrameHeader, encode_frame
+from edge_inspect.bus.contracts import DELIVERIES, FrameHeader, encode_frame
 from edge_inspect.logs import log_event
 
 logger = logging.getLogger(__name__)

@@ -17,9 +17,9 @@ from typing import Any
 
 import numpy as np
 
+from edge_inspect.inspector.preprocess import PreprocessRecipe, crop, preprocess_batch
+from edge_inspect.inspector.rules import QualityRules, judge, normalise_scores
 from edge_inspect.models.package import ModelPackageError, Thresholds, load_package
-from edge_inspect.preprocess import PreprocessRecipe, crop, preprocess_batch
-from edge_inspect.rules import QualityRules, judge, normalise_scores
 
 EVAL_BATCH = 32
 
@@ -139,8 +139,8 @@ def evaluate_package(
     """Metrics of a package on one split; optionally every image's score as CSV and the picture report."""
     from tqdm import tqdm
 
-    from edge_inspect.infer import load_model
-    from edge_inspect.train import dataset_splits, limit_samples, load_images
+    from edge_inspect.inspector.infer import load_model
+    from edge_inspect.training.train_classifier import dataset_splits, limit_samples, load_images
 
     package = load_package(model_dir)
     card = package.card
@@ -203,7 +203,7 @@ def _write_outputs(
     scores_csv: Path | None,
     report_dir: Path | None,
 ) -> None:
-    from edge_inspect.eval_report import ScoredImage, write_report, write_scores_csv
+    from edge_inspect.training.report import ScoredImage, write_report, write_scores_csv
 
     normalised = normalise_scores(scores, thresholds)
     scored = [
@@ -312,10 +312,10 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """`python -m edge_inspect.evaluate MODEL_DIR ...`: the eval command without the other subcommands."""
+    """`python -m edge_inspect.training.evaluate MODEL_DIR ...`: eval without the other subcommands."""
     from edge_inspect.logs import setup_logging
 
-    parser = argparse.ArgumentParser(prog="python -m edge_inspect.evaluate")
+    parser = argparse.ArgumentParser(prog="python -m edge_inspect.training.evaluate")
     parser.add_argument("-v", "--verbose", action="count", default=0)
     add_arguments(parser)
     args = parser.parse_args(argv)

@@ -18,8 +18,8 @@ from typing import Any
 
 import numpy as np
 
+from edge_inspect.inspector.rules import NORMALISED_THRESHOLD, normalise_scores
 from edge_inspect.models.package import Thresholds
-from edge_inspect.rules import NORMALISED_THRESHOLD, normalise_scores
 
 DEFAULT_TARGET_FRR = 0.005
 DEFAULT_CONFIDENCE = 0.95

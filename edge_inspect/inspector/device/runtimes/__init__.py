@@ -8,7 +8,7 @@ verdict needs: the scores, and the anomaly map rows of NG parts. Two runtimes ru
 * `torch`: the graph converted by onnx2torch (`TorchRuntime`), optionally captured as CUDA graphs.
 
 Both also run on the CPU, where the same code paths are tested. The CPU inspector keeps using
-`edge_inspect.infer.load_model`. Needs torch and onnx2torch (the `train` extra).
+`edge_inspect.inspector.infer.load_model`. Needs torch and onnx2torch (the `train` extra).
 """
 
 from __future__ import annotations
@@ -16,12 +16,12 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING, Literal
 
-from edge_inspect.infer import choose_providers, cuda_device_count
+from edge_inspect.inspector.infer import choose_providers, cuda_device_count
 from edge_inspect.logs import log_event
 from edge_inspect.models.package import ModelPackage
 
 if TYPE_CHECKING:
-    from edge_inspect.runtimes.base import DeviceRuntime
+    from edge_inspect.inspector.device.runtimes.base import DeviceRuntime
 
 log = logging.getLogger(__name__)
 
@@ -71,11 +71,11 @@ def load_runtime(
     target = pick_device(device, cuda_usable(runtime))
     loaded: DeviceRuntime
     if runtime == "ort":
-        from edge_inspect.runtimes.ort_iobinding import OrtIoBindingRuntime
+        from edge_inspect.inspector.device.runtimes.ort_iobinding import OrtIoBindingRuntime
 
         loaded = OrtIoBindingRuntime(package, target, threads=threads)
     else:
-        from edge_inspect.runtimes.torch_backend import TorchRuntime
+        from edge_inspect.inspector.device.runtimes.torch_backend import TorchRuntime
 
         loaded = TorchRuntime(package, target, cuda_graph=cuda_graph)
     card = package.card

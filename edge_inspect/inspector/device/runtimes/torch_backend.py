@@ -20,10 +20,19 @@ import onnx
 import torch
 from torch import nn
 
-from edge_inspect.infer import card_outputs
+from edge_inspect.inspector.device.runtimes.base import (
+    TensorSpec,
+    check_batch,
+    normalise_device,
+    supported_dtype,
+)
+from edge_inspect.inspector.device.runtimes.onnx_lowering import (
+    UnsupportedGraphError,
+    attributes,
+    lower_for_onnx2torch,
+)
+from edge_inspect.inspector.infer import card_outputs
 from edge_inspect.models.package import ModelPackage
-from edge_inspect.runtimes.base import TensorSpec, check_batch, normalise_device, supported_dtype
-from edge_inspect.runtimes.onnx_lowering import UnsupportedGraphError, attributes, lower_for_onnx2torch
 
 # Eager runs before capture: the first runs allocate, pick cuDNN/cuBLAS algorithms and load kernels, none of
 # which may happen during capture.

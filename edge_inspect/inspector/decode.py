@@ -8,8 +8,8 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
-from edge_inspect.contracts import ContractError, FrameHeader, raw_pixels
-from edge_inspect.receive import ReceivedFrame
+from edge_inspect.bus.contracts import ContractError, FrameHeader, raw_pixels
+from edge_inspect.inspector.receive import ReceivedFrame
 
 
 def corrupt_jpeg(header: FrameHeader) -> ContractError:

@@ -1,0 +1,256 @@
+"""The inspector's one configuration object, filled by a TOML file and by `edge-inspect serve` flags.
+
+Each section is a typed model that refuses unknown keys, so a misspelt key is an error, not a silently
+ignored default. Flags override the file key by key (`overrides`, dotted paths). A file's errors name the
+file, the key and, where it can be found, the line:
+
+    line.toml:12: batching.max_batch: Input should be greater than or equal to 1
+
+The sections follow the data's path: model → bus → batching → inference → rules → records → metrics → mes.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from edge_inspect.inspector.rules import QualityRules
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - Python 3.10
+    import tomli as tomllib
+
+
+class ConfigError(ValueError):
+    """A configuration that cannot serve; the message names the file, line and key where known."""
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ModelSource(Section):
+    """`package` serves one fixed package; `registry` (a directory or `s3://bucket/prefix`) + `name`
+    serve the promoted version and follow promotions (checked every `poll_s`)."""
+
+    package: Path | None = None
+    # Kept as a string: Path() would fold the "//" of an s3:// URL.
+    registry: str | None = None
+    name: str | None = None
+    poll_s: float = Field(2.0, gt=0)
+
+    @model_validator(mode="after")
+    def _one_source(self) -> ModelSource:
+        if (self.package is None) == (self.registry is None):
+            raise ValueError(
+                "give either model.package (--model) or model.registry (--registry), exactly one"
+            )
+        if self.registry is not None and not self.name:
+            raise ValueError("a registry needs model.name (--model-name): which of its models to serve")
+        return self
+
+
+class BusConfig(Section):
+    bind: str = "tcp://127.0.0.1:5555"
+    # PUB endpoint for results; "" or none disables it.
+    results: str | None = "tcp://127.0.0.1:5556"
+
+
+class BatchingConfig(Section):
+    """A batch goes to inference as soon as inference is free; it grows only from frames that queued
+    while the previous batch was inferred, up to `max_batch`. `max_wait_ms` caps how long a part waits
+    for company when inference is busy (0: never wait)."""
+
+    max_batch: int = Field(8, ge=1, le=256)
+    max_wait_ms: float = Field(10.0, ge=0, le=60_000)
+    queue_depth: int = Field(32, ge=1, le=100_000)
+
+
+class InferenceConfig(Section):
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    # Where frames are decoded and preprocessed (inspector/device/frame_path.py); the host path always
+    # runs ONNX Runtime.
+    frame_path: Literal["auto", "host", "device"] = "auto"
+    runtime: Literal["ort", "torch"] = "ort"
+    cuda_graph: bool = False
+    threads: int = Field(0, ge=0, le=1024)
+
+
+class RecordsConfig(Section):
+    workdir: Path = Path("var/inspector")
+    # Share of OK parts whose images are archived too, so retraining gets fresh good images.
+    archive_ok_rate: float = Field(0.0, ge=0, le=1)
+
+
+class MetricsConfig(Section):
+    # None disables the endpoint; 0 picks a free port.
+    port: int | None = Field(9108, ge=0, le=65535)
+    address: str = "127.0.0.1"
+
+
+class MesConfig(Section):
+    url: str | None = None
+    max_backoff_s: float = Field(300.0, gt=0)
+
+
+class InspectorConfig(Section):
+    model: ModelSource
+    bus: BusConfig = BusConfig()
+    batching: BatchingConfig = BatchingConfig()
+    inference: InferenceConfig = InferenceConfig()
+    rules: QualityRules = QualityRules()
+    records: RecordsConfig = RecordsConfig()
+    metrics: MetricsConfig = MetricsConfig()
+    mes: MesConfig = MesConfig()
+
+    @model_validator(mode="after")
+    def _consistent(self) -> InspectorConfig:
+        inference = self.inference
+        if inference.cuda_graph and inference.runtime != "torch":
+            raise ValueError(
+                "inference.cuda_graph replays the torch runtime's CUDA graphs; set inference.runtime = "
+                '"torch" (--runtime torch) or drop it'
+            )
+        if inference.frame_path == "host" and (inference.runtime != "ort" or inference.cuda_graph):
+            raise ValueError(
+                "inference.runtime torch and inference.cuda_graph run on the device frame path only; set "
+                'inference.frame_path to "device" or "auto", or drop them'
+            )
+        return self
+
+    @property
+    def db_path(self) -> Path:
+        return self.records.workdir / "records.sqlite"
+
+    @property
+    def image_dir(self) -> Path:
+        return self.records.workdir / "images"
+
+    @property
+    def model_cache_dir(self) -> Path:
+        """Verified local copies of packages from an object-store registry."""
+        return self.records.workdir / "model-cache"
+
+
+def build_config(
+    data: Mapping[str, Any], overrides: Mapping[str, Any] | None = None, source: Path | None = None
+) -> InspectorConfig:
+    """The validated config from a file's tables and dotted-path overrides (flags); raises ConfigError."""
+    merged = _merge(data, overrides or {})
+    try:
+        return InspectorConfig.model_validate(merged)
+    except ValidationError as exc:
+        text = source.read_text(encoding="utf-8") if source is not None else None
+        raise ConfigError(_describe(exc, source, text, overrides or {})) from None
+
+
+def load_config(path: Path | None, overrides: Mapping[str, Any] | None = None) -> InspectorConfig:
+    """Read a TOML config file (or none), apply the overrides and validate."""
+    data: dict[str, Any] = {}
+    if path is not None:
+        try:
+            text = path.read_text(encoding="utf-8")
+        except OSError as exc:
+            raise ConfigError(
+                f"{path}: cannot read the config file ({exc.strerror}); check the path"
+            ) from None
+        try:
+            data = tomllib.loads(text)
+        except tomllib.TOMLDecodeError as exc:
+            # The parser's message already ends with "(at line L, column C)".
+            raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+    return build_config(data, overrides, path)
+
+
+def _merge(data: Mapping[str, Any], overrides: Mapping[str, Any]) -> dict[str, Any]:
+    merged: dict[str, Any] = {
+        key: dict(value) if isinstance(value, Mapping) else value for key, value in data.items()
+    }
+    for dotted, value in overrides.items():
+        section, _, key = dotted.partition(".")
+        table = merged.setdefault(section, {})
+        if isinstance(table, dict):
+            table[key] = value
+    return merged
+
+
+def _describe(
+    exc: ValidationError, source: Path | None, text: str | None, overrides: Mapping[str, Any]
+) -> str:
+    lines = []
+    for error in exc.errors():
+        loc = tuple(str(part) for part in error["loc"])
+        key = ".".join(loc) if loc else "(top level)"
+        message = error["msg"]
+        if error["type"] == "extra_forbidden":
+            message = f"unknown key; {_known_keys(loc[:-1])}"
+        elif error["type"] == "missing" and loc == ("model",):
+            message = (
+                "no model to serve; give --model DIR, --registry URL --model-name NAME, or a [model] table"
+            )
+        if key in overrides:
+            where = "command line"
+        elif source is not None:
+            line = find_key_line(text or "", loc)
+            where = f"{source}:{line}" if line else str(source)
+        else:
+            where = "config"
+        lines.append(f"{where}: {key}: {message}")
+    return "invalid configuration:\n  " + "\n  ".join(lines)
+
+
+def _known_keys(section_loc: Sequence[str]) -> str:
+    model: Any = InspectorConfig
+    for part in section_loc:
+        model = model.model_fields[part].annotation
+    return "known keys: " + ", ".join(model.model_fields)
+
+
+def find_key_line(text: str, loc: Sequence[str]) -> int | None:
+    """The 1-based line of `loc` (section, key) in a TOML text; the section header when the key is not
+    written there (a missing key), None when neither is found."""
+    section = loc[0] if loc else ""
+    key = loc[1] if len(loc) > 1 else None
+    current = ""
+    header_line = None
+    for number, raw in enumerate(text.splitlines(), start=1):
+        line = raw.strip()
+        if line.startswith("[") and not line.startswith("[["):
+            current = line.strip("[] ")
+            if current == section:
+                header_line = number
+            continue
+        name = line.split("=", 1)[0].strip().strip('"')
+        if (
+            "=" in line
+            and key is not None
+            and ((current == section and name == key) or name == f"{section}.{key}")
+        ):
+            return number
+        if "=" in line and key is None and current == "" and name == section:
+            return number
+    return header_line
+
+
+def to_toml(config: InspectorConfig) -> str:
+    """The effective config as a TOML file that `--config` reads back (unset values are left out)."""
+    out = []
+    for section, values in config.model_dump(mode="json").items():
+        out.append(f"[{section}]")
+        out.extend(f"{key} = {_toml_value(value)}" for key, value in values.items() if value is not None)
+        out.append("")
+    return "\n".join(out)
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    escaped = str(value).replace("\\", "\\\\").replace('"', '\\"')
+    return f'"{escaped}"'
