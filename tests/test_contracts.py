@@ -94,3 +94,41 @@ def test_result_json_round_trip_and_stable_id() -> None:
                 "timings_ms": result.timings_ms,
             }
         )
+
+
+def header_json(**overrides: object) -> bytes:
+    return json.dumps({**json.loads(header().to_bytes()), **overrides}).encode()
+
+
+@pytest.mark.parametrize(
+    ("raw", "reason"),
+    [
+        # Deep nesting and giant integers once escaped the parser as RecursionError / ValueError.
+        (b'{"v":1,"x":' + b"[" * 3000 + b"]" * 3000 + b"}", "header_too_large"),
+        (b'{"v":1,"x":' + b"[" * 1500 + b"]" * 1500 + b"}", "unknown_field"),
+        (b"[" * 4000, "bad_json"),
+        (b'{"v":1,"seq":' + b"9" * 4000 + b"}", "bad_field"),
+        (header_json(seq=2**63), "bad_field"),
+        (header_json(t_capture_ns=2**64), "bad_field"),
+        (header_json(seq=-1), "bad_field"),
+        (header_json(camera_id=""), "bad_field"),
+        (header_json(camera_id="cam\n1"), "bad_field"),
+        (header_json(station="x" * 129), "bad_field"),
+        (header_json(part_id="\x00"), "bad_field"),
+        (header_json(width=16385), "bad_field"),
+        (b'{"v":1,"seq":NaN}', "bad_json"),
+        (header_json(seq=7.5), "bad_field"),
+        (b"\xff\xfe{}", "bad_json"),
+        (b"", "bad_json"),
+    ],
+)
+def test_hostile_headers_are_refused_by_range_and_size(raw: bytes, reason: str) -> None:
+    with pytest.raises(ContractError) as info:
+        parse_header(raw)
+    assert info.value.reason == reason
+    assert str(info.value)
+
+
+def test_ids_in_any_script_and_the_largest_counters_are_accepted() -> None:
+    parsed = parse_header(header_json(camera_id="検査ステーション-3", seq=2**63 - 1, t_capture_ns=2**63 - 1))
+    assert parsed.camera_id == "検査ステーション-3" and parsed.seq == 2**63 - 1
