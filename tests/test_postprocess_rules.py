@@ -81,3 +81,11 @@ def test_postprocess_examines_maps_only_when_needed() -> None:
     assert (
         plain[0].verdict == "NG" and plain[0].defects[0].cls == "crack" and plain[0].defects[0].bbox is None
     )
+
+
+def test_non_finite_scores_go_to_a_person_with_the_reason_and_a_real_score() -> None:
+    outputs = {"score": np.array([np.nan, np.inf, -np.inf, 5.0])}
+    judged = postprocess(outputs, card(), QualityRules(), [(10, 20)] * 4)
+    assert [j.verdict for j in judged[:3]] == ["REVIEW"] * 3
+    assert all(j.score == 0.5 and j.defects[0].cls == "non_finite_score" for j in judged[:3])
+    assert judged[3].verdict == "NG"

@@ -1,12 +1,14 @@
 from __future__ import annotations
 
+import json
+
 import cv2
 import numpy as np
 import pytest
 
-from edge_inspect.bus.contracts import ContractError, FrameHeader, encode_frame
-from edge_inspect.inspector.decode import decode
-from edge_inspect.inspector.receive import validate
+from edge_inspect.bus.contracts import ContractError, FrameHeader, encode_frame, parse_header
+from edge_inspect.inspector.decode import decode, jpeg_geometry
+from edge_inspect.inspector.receive import ReceivedFrame, validate
 
 
 def frame_parts(image: np.ndarray, encoding: str = "raw") -> list[memoryview]:
@@ -56,3 +58,33 @@ def test_jpeg_whose_size_disagrees_with_the_header_is_a_shape_mismatch() -> None
     with pytest.raises(ContractError) as info:
         decode(validate([memoryview(header.to_bytes()), payload], 0))
     assert info.value.reason == "shape_mismatch"
+
+
+def jpeg_frame(image: np.ndarray, width: int, height: int, payload: bytes | None = None) -> ReceivedFrame:
+    ok, encoded = cv2.imencode(".jpg", image)
+    assert ok
+    header = FrameHeader(
+        "cam-j", 1, "st", 0, width, height, image.shape[2] if image.ndim == 3 else 1, "uint8", "jpeg"
+    )
+    return ReceivedFrame(header, memoryview(payload if payload is not None else encoded.tobytes()), 0)
+
+
+def test_jpeg_geometry_is_read_from_the_frame_header_without_decoding() -> None:
+    image = np.random.default_rng(0).integers(0, 255, (48, 64, 3), np.uint8)
+    frame = jpeg_frame(image, 64, 48)
+    assert jpeg_geometry(frame.payload) == (48, 64, 3)
+    assert decode(frame).shape == (48, 64, 3)
+    assert jpeg_geometry(b"\xff\xd8\xff\xda\x00\x08") is None
+
+
+def test_a_jpeg_claiming_a_huge_image_is_refused_before_decoding() -> None:
+    image = np.zeros((48, 64), np.uint8)
+    encoded = bytearray(cv2.imencode(".jpg", image)[1].tobytes())
+    sof = encoded.index(b"\xff\xc0")
+    encoded[sof + 5 : sof + 9] = (60000).to_bytes(2, "big") + (60000).to_bytes(2, "big")
+    with pytest.raises(ContractError, match=r"JPEG declares 60000x60000.*not decoded") as info:
+        decode(jpeg_frame(image, 64, 48, bytes(encoded)))
+    assert info.value.reason == "shape_mismatch"
+    huge = json.dumps({**json.loads(FrameHeader("c", 1, "s", 0, 16000, 16000, 1).to_bytes())}).encode()
+    with pytest.raises(ContractError, match="exceeds 67108864 pixels"):
+        parse_header(huge)

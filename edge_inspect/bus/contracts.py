@@ -29,6 +29,8 @@ VERDICTS: tuple[str, ...] = ("OK", "NG", "REVIEW")
 DTYPES: tuple[str, ...] = ("uint8", "uint16")
 CHANNELS: tuple[int, ...] = (1, 3)
 MAX_SIDE = 16384
+# Pixels per frame (a 16k line-scan camera at 4096 lines): bounds what any one frame may make us allocate.
+MAX_PIXELS = 2**26
 
 
 class ContractError(ValueError):
@@ -109,6 +111,11 @@ def parse_header(raw: bytes | memoryview) -> FrameHeader:
         ) from None
     if header.v != FRAME_SCHEMA_VERSION:
         _refuse_other_versions(raw)
+    if header.width * header.height > MAX_PIXELS:
+        raise ContractError(
+            "bad_field",
+            f"frame size {header.width}x{header.height} exceeds {MAX_PIXELS} pixels; send a smaller ROI",
+        )
     return header
 
 

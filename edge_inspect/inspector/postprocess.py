@@ -26,6 +26,13 @@ class Judgement:
     defects: list[Defect]
 
 
+def non_finite(raw_score: float) -> Judgement:
+    """A NaN or infinite model score judges nothing: the part goes to a person, recorded at the threshold
+    (undecided) with the reason, so the row keeps a real score in every store."""
+    reason = Defect(cls="non_finite_score", score=1.0)
+    return Judgement(raw_score, NORMALISED_THRESHOLD, "REVIEW", [reason])
+
+
 def defect_regions(
     anomaly_map: np.ndarray,
     pixel_threshold: float,
@@ -87,6 +94,9 @@ def postprocess(
     maps = outputs.get(card.map_output) if card.map_output else None
     judgements = []
     for i, (raw, score) in enumerate(zip(raw_scores, scores, strict=True)):
+        if not np.isfinite(raw):
+            judgements.append(non_finite(float(raw)))
+            continue
         if clearly_ok(float(score), card, rules):
             defects: list[Defect] = []
         elif maps is not None:
