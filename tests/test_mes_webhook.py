@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import random
@@ -9,6 +10,7 @@ import time
 from collections.abc import Callable, Iterator, Mapping
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from urllib.parse import unquote
 
 import pytest
 
@@ -19,6 +21,7 @@ from edge_inspect.sinks.mes_webhook import (
     WebhookDeliverer,
     classify_status,
     deliver_once,
+    idempotency_key,
     next_backoff,
     post_json,
 )
@@ -337,3 +340,20 @@ def test_wake_delivers_without_waiting_for_the_idle_poll(tmp_path: Path, receive
             wait_for(lambda: len(receiver.accepted) == 1, timeout_s=5)
         finally:
             deliverer.stop(timeout_s=5)
+
+
+def test_a_camera_id_in_any_script_is_delivered_and_holds_nobody_back(
+    store: RecordStore, receiver: Receiver
+) -> None:
+    # A Japanese station name once raised UnicodeEncodeError on the header at every retry, forever.
+    odd = dataclasses.replace(make_result(0), camera_id="検査-3", result_id="")
+    results = [odd, make_result(1)]
+    store.add_results(results, with_outbox=True, now_ns=NOW)
+
+    report = deliver_once(store, config(receiver.url), NOW)
+
+    assert (report.delivered, report.dead) == (2, 0)
+    keys = [key for key, _ in receiver.requests]
+    assert keys == [idempotency_key(odd.result_id), results[1].result_id]
+    assert unquote(keys[0]) == odd.result_id and keys[0].isascii()
+    assert idempotency_key("cam1:42:3") == "cam1:42:3"

@@ -3,7 +3,8 @@
 A result is queued in the same transaction that records it (`RecordStore.add_results(..., with_outbox=
 True)`), so a crash can never lose a delivery; it can only repeat one (POSTed, then killed before it
 was marked delivered). Every POST therefore carries `Idempotency-Key: <result_id>` and the MES must
-ignore a key it has already seen.
+ignore a key it has already seen. HTTP header values are Latin-1, camera ids may be any script: the key
+is the result id percent-encoded as UTF-8 (`idempotency_key`), which leaves ASCII ids as they are.
 
 `deliver_once` is the whole policy and runs synchronously; `WebhookDeliverer` only calls it in a loop
 from its own thread.
@@ -22,7 +23,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
-from urllib.parse import urlsplit
+from urllib.parse import quote, urlsplit
 
 from edge_inspect.logs import log_event
 from edge_inspect.sinks.record_store import RecordStore
@@ -133,6 +134,11 @@ def post_json(url: str, body: bytes, headers: Mapping[str, str], timeout_s: floa
         return HttpReply(exc.code, detail or str(exc.reason))
 
 
+def idempotency_key(result_id: str) -> str:
+    """The result id as an HTTP header value: UTF-8 percent-encoded, printable ASCII ids unchanged."""
+    return quote(result_id, safe="".join(chr(c) for c in range(0x21, 0x7F) if chr(c) != "%"))
+
+
 def deliver_once(
     store: RecordStore,
     config: WebhookConfig,
@@ -153,7 +159,7 @@ def deliver_once(
     for item in store.due_deliveries(now_ns, config.batch):
         if cancel is not None and cancel.is_set():
             break
-        headers = {"Content-Type": "application/json", "Idempotency-Key": item.result_id}
+        headers = {"Content-Type": "application/json", "Idempotency-Key": idempotency_key(item.result_id)}
         try:
             reply = post(config.url, item.payload.encode("utf-8"), headers, config.timeout_s)
         except (OSError, http.client.HTTPException) as exc:
