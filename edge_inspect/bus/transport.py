@@ -19,6 +19,7 @@ import numpy as np
 import zmq
 
 from edge_inspect.bus.contracts import DELIVERIES, FrameHeader, encode_frame
+from edge_inspect.bus.security import ClientKeys, ServerAuth
 from edge_inspect.logs import log_event
 
 logger = logging.getLogger(__name__)
@@ -34,6 +35,9 @@ LATEST_SNDBUF = 64 * 1024
 DEFAULT_RCVHWM = 4
 # Time to flush queued frames on close; a stopped camera should not hang on a vanished inspector.
 DEFAULT_LINGER_MS = 1000
+# The largest frame message accepted: a 24 MP 16-bit mono frame with room to spare. A bigger camera
+# raises it (bus.max_message_mb); anything larger is a fault or an attack, refused before it is buffered.
+DEFAULT_MAX_MESSAGE_BYTES = 64 * 1024 * 1024
 # How often a blocked lossless send looks at its stop check.
 STOP_POLL_MS = 50
 
@@ -72,6 +76,7 @@ class FrameSender:
         should_stop: Callable[[], bool] | None = None,
         sndhwm: int | None = None,
         linger_ms: int = DEFAULT_LINGER_MS,
+        keys: ClientKeys | None = None,
     ) -> None:
         if delivery not in DELIVERIES:
             raise ValueError(f"delivery {delivery!r} is not one of {DELIVERIES}")
@@ -90,6 +95,8 @@ class FrameSender:
         else:
             self._socket.setsockopt(zmq.SNDHWM, LOSSLESS_SNDHWM if sndhwm is None else sndhwm)
         try:
+            if keys is not None:
+                keys.apply(self._socket)
             self._socket.connect(endpoint)
         except zmq.ZMQError as exc:
             self.close()
@@ -178,6 +185,8 @@ class FrameReceiver:
     """Inspector end: a PULL socket bound to `endpoint`, fair-queuing frames from every camera.
 
     Bind to `tcp://127.0.0.1:*` (or `tcp://*:*`) for a free port; `endpoint` then names the real one.
+    A message larger than `max_message_bytes` is refused by ZeroMQ itself (the peer is disconnected)
+    before any of it is buffered here. With `auth`, only allow-listed CURVE clients can connect.
     """
 
     def __init__(
@@ -187,11 +196,16 @@ class FrameReceiver:
         rcvhwm: int = DEFAULT_RCVHWM,
         *,
         linger_ms: int = 0,
+        max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
+        auth: ServerAuth | None = None,
     ) -> None:
         self._context, self._owns_context = _context_or_own(context)
         self._socket = self._context.socket(zmq.PULL)
         self._socket.setsockopt(zmq.RCVHWM, rcvhwm)
         self._socket.setsockopt(zmq.LINGER, linger_ms)
+        self._socket.setsockopt(zmq.MAXMSGSIZE, max_message_bytes)
+        if auth is not None:
+            auth.apply(self._socket)
         try:
             self._socket.bind(endpoint)
         except zmq.ZMQError as exc:

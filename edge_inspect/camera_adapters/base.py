@@ -18,6 +18,7 @@ import cv2
 import numpy as np
 
 from edge_inspect.bus.contracts import CHANNELS, DELIVERIES, DTYPES, ENCODINGS, FrameHeader
+from edge_inspect.bus.security import ClientKeys
 from edge_inspect.bus.transport import FrameSender
 from edge_inspect.logs import log_event
 
@@ -55,6 +56,8 @@ class CameraConfig:
     loop: bool = False
     max_frames: int | None = None
     seconds: float | None = None
+    # CURVE keys when the inspector requires authenticated cameras.
+    keys: ClientKeys | None = None
 
     def __post_init__(self) -> None:
         if not self.camera_id:
@@ -148,7 +151,7 @@ def run_camera(source: FrameSource, config: CameraConfig, stop: threading.Event)
     first_capture = last_capture = 0.0
     frames = iter(source)
     log_event(logger, logging.INFO, "camera_started", **asdict(config))
-    with FrameSender(config.endpoint, config.delivery, should_stop=stop.is_set) as sender:
+    with FrameSender(config.endpoint, config.delivery, should_stop=stop.is_set, keys=config.keys) as sender:
         started = time.monotonic()
         slot = 0
         try:

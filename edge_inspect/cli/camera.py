@@ -122,6 +122,16 @@ def _common_options() -> argparse.ArgumentParser:
     common.add_argument(
         "--jpeg-quality", type=int, default=90, help="JPEG quality 0..100 with --encoding jpeg (default: 90)"
     )
+    common.add_argument(
+        "--key",
+        default=None,
+        metavar="FILE",
+        help="this camera's CURVE secret key file (NAME.key_secret from `edge-inspect keys`), for an "
+        "inspector that requires authenticated cameras; needs --server-key",
+    )
+    common.add_argument(
+        "--server-key", default=None, metavar="FILE", help="the inspector's public key file (NAME.key)"
+    )
     common.add_argument("--loop", action="store_true", help="restart a folder or video file at its end")
     common.add_argument("--max-frames", type=int, default=None, help="stop after this many frames")
     common.add_argument("--seconds", type=float, default=None, help="stop after this many seconds")
@@ -135,15 +145,22 @@ def run(args: argparse.Namespace) -> int:
     import sys
     import threading
     from dataclasses import asdict
+    from pathlib import Path
 
     import cv2
 
+    from edge_inspect.bus.security import ClientKeys
     from edge_inspect.camera_adapters.base import CameraConfig, SourceError, run_camera
 
     # OpenCV writes its own unstructured warnings to stderr; our events say the same as JSON.
     if getattr(args, "verbose", 0) < 2:
         cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_SILENT)
     try:
+        if (args.key is None) != (args.server_key is None):
+            raise ValueError(
+                "--key and --server-key go together: this camera's secret and the inspector's public key"
+            )
+        keys = ClientKeys(Path(args.key), Path(args.server_key)) if args.key else None
         config = CameraConfig(
             camera_id=args.camera_id,
             station=args.station,
@@ -155,6 +172,7 @@ def run(args: argparse.Namespace) -> int:
             loop=args.loop,
             max_frames=args.max_frames,
             seconds=args.seconds,
+            keys=keys,
         )
         source = _build_source(args)
     # RuntimeError: the ELPV package is missing; its message says how to install it.
