@@ -1,19 +1,29 @@
 from __future__ import annotations
 
 import threading
-import time
 from collections import deque
 
 import pytest
 
 from edge_inspect.bus.contracts import FrameHeader
-from edge_inspect.inspector.batching import CameraQueues, take_round_robin
+from edge_inspect.inspector.batching import CameraQueues, InferenceSlot, hold_s, take_round_robin
 from edge_inspect.inspector.receive import ReceivedFrame
+
+# Generous: these bound a test that fails, they are never what a passing test measures.
+PATIENCE_S = 10.0
 
 
 def frame(camera: str, seq: int, delivery: str = "lossless") -> ReceivedFrame:
     header = FrameHeader(camera, seq, "st", 0, 1, 1, 1, delivery=delivery)
     return ReceivedFrame(header, memoryview(b"\x00"), 0)
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
 
 
 def test_round_robin_is_fair_across_cameras() -> None:
@@ -29,18 +39,121 @@ def test_round_robin_is_fair_across_cameras() -> None:
     assert take_round_robin({}, 0, 3) == []
 
 
-def test_batch_closes_at_max_size_or_max_wait() -> None:
+def test_an_idle_inference_gets_whatever_is_queued_at_once() -> None:
+    for queued in (1, 3, 7):
+        assert hold_s(queued, max_batch=8, oldest_wait_s=0.0, max_wait_s=0.010, inference_busy=False) == 0
+
+
+def test_a_full_batch_goes_at_once_even_while_inference_is_busy() -> None:
+    assert hold_s(8, max_batch=8, oldest_wait_s=0.0, max_wait_s=0.010, inference_busy=True) == 0
+    assert hold_s(20, max_batch=8, oldest_wait_s=0.0, max_wait_s=0.010, inference_busy=True) == 0
+
+
+def test_while_inference_is_busy_a_batch_waits_for_company_up_to_max_wait() -> None:
+    assert hold_s(1, 8, oldest_wait_s=0.0, max_wait_s=0.010, inference_busy=True) == pytest.approx(0.010)
+    assert hold_s(3, 8, oldest_wait_s=0.004, max_wait_s=0.010, inference_busy=True) == pytest.approx(0.006)
+    assert hold_s(3, 8, oldest_wait_s=0.010, max_wait_s=0.010, inference_busy=True) == 0
+    assert hold_s(3, 8, oldest_wait_s=0.5, max_wait_s=0.010, inference_busy=True) == 0
+    assert hold_s(3, 8, oldest_wait_s=0.0, max_wait_s=0.0, inference_busy=True) == 0
+    # A clock that stepped back never makes a part wait longer than max_wait.
+    assert hold_s(1, 8, oldest_wait_s=-5.0, max_wait_s=0.010, inference_busy=True) == pytest.approx(0.010)
+
+
+def test_batch_closes_at_max_size_and_an_idle_inference_takes_the_rest_at_once() -> None:
     drops: list = []
     queues = CameraQueues(depth=100, on_drop=lambda c, r: drops.append((c, r)))
     stop = threading.Event()
     for i in range(10):
         queues.put(frame("a", i), stop)
-    assert len(queues.next_batch(max_batch=4, max_wait_s=1.0)) == 4
-    t0 = time.monotonic()
-    assert len(queues.next_batch(max_batch=100, max_wait_s=0.05)) == 6
-    assert time.monotonic() - t0 < 0.5
+    # max_wait is far beyond PATIENCE_S: returning at all shows that neither batch waited for it.
+    assert len(queues.next_batch(max_batch=4, max_wait_s=1000.0)) == 4
+    assert len(queues.next_batch(max_batch=100, max_wait_s=1000.0)) == 6
     assert queues.next_batch(max_batch=4, max_wait_s=0.01, poll_s=0.01) == []
     assert drops == []
+
+
+def test_a_batch_held_while_inference_is_busy_goes_once_its_oldest_part_waited_max_wait() -> None:
+    clock = FakeClock()
+    queues = CameraQueues(depth=100, on_drop=lambda c, r: None, clock=clock)
+    stop = threading.Event()
+    queues.put(frame("a", 0), stop)
+    clock.now += 0.5
+    queues.put(frame("b", 0), stop)
+    # By the queues' clock the first part has waited 0.5 s: a batch while busy goes at once.
+    batch = queues.next_batch(max_batch=8, max_wait_s=0.5, inference_busy=lambda: True)
+    assert sorted(f.header.camera_id for f in batch) == ["a", "b"]
+
+
+def test_while_inference_is_busy_the_batch_grows_until_inference_goes_idle() -> None:
+    clock = FakeClock()  # never advances: only inference going idle can release the batch
+    queues = CameraQueues(depth=100, on_drop=lambda c, r: None, clock=clock)
+    slot: InferenceSlot[str] = InferenceSlot(on_idle=queues.wake)
+    stop = threading.Event()
+    slot.put("batch-0")
+    assert slot.get() == "batch-0" and slot.busy()
+    queues.put(frame("a", 0), stop)
+    batches: list[list[ReceivedFrame]] = []
+    consumer = threading.Thread(
+        target=lambda: batches.append(queues.next_batch(8, max_wait_s=60.0, inference_busy=slot.busy))
+    )
+    consumer.start()
+    for seq in range(1, 3):
+        queues.put(frame("a", seq), stop)
+    # Still held: inference is busy, the batch is not full and by the clock no time has passed.
+    consumer.join(0.05)
+    assert consumer.is_alive()
+    slot.done()  # inference finished and nothing waits for it: the held batch goes now
+    consumer.join(PATIENCE_S)
+    assert not consumer.is_alive()
+    assert [f.header.seq for f in batches[0]] == [0, 1, 2]
+
+
+def test_while_inference_is_busy_the_batch_goes_when_it_is_full() -> None:
+    queues = CameraQueues(depth=100, on_drop=lambda c, r: None, clock=FakeClock())
+    stop = threading.Event()
+    queues.put(frame("a", 0), stop)
+    batches: list[list[ReceivedFrame]] = []
+    consumer = threading.Thread(
+        target=lambda: batches.append(queues.next_batch(4, max_wait_s=60.0, inference_busy=lambda: True))
+    )
+    consumer.start()
+    for seq in range(1, 6):
+        queues.put(frame("a", seq), stop)
+    consumer.join(PATIENCE_S)
+    assert not consumer.is_alive()
+    assert [f.header.seq for f in batches[0]] == [0, 1, 2, 3]
+    assert queues.total() == 2
+
+
+def test_inference_slot_is_busy_while_running_or_holding_a_batch() -> None:
+    idle_calls: list[int] = []
+    slot: InferenceSlot[str] = InferenceSlot(on_idle=lambda: idle_calls.append(1))
+    assert not slot.busy()
+    slot.put("one")
+    assert slot.busy()  # a prepared batch waits for inference
+    assert slot.get() == "one"
+    assert slot.busy()  # inference is running it
+    slot.put("two")
+    slot.done()
+    assert slot.busy() and idle_calls == []  # the next batch was already waiting: not idle
+    assert slot.get() == "two"
+    slot.done()
+    assert not slot.busy() and idle_calls == [1]
+    slot.put(None)
+    assert slot.get() is None and not slot.busy()
+
+
+def test_inference_slot_holds_one_batch_and_blocks_the_producer_until_it_is_taken() -> None:
+    slot: InferenceSlot[int] = InferenceSlot()
+    slot.put(1)
+    done = threading.Event()
+    producer = threading.Thread(target=lambda: (slot.put(2), done.set()))
+    producer.start()
+    assert not done.wait(0.1), "a second batch must wait until inference takes the first"
+    assert slot.get() == 1
+    assert done.wait(PATIENCE_S)
+    producer.join()
+    assert slot.get() == 2
 
 
 def test_latest_mode_keeps_only_the_newest_and_counts_superseded() -> None:

@@ -106,14 +106,18 @@ def line_frames() -> list[Frame]:
 
 
 def inspect(model_dir: Path, frames: list[Frame], workdir: Path, settings: dict[str, object]) -> Inspector:
-    """Send `frames` before the inspector starts, so that they form one batch, and wait for every one."""
-    batch = {"model.package": model_dir, "batching.max_batch": len(frames), "batching.max_wait_ms": 3000}
+    """Queue every one of `frames` before batching begins, so that they form one batch, and wait for every
+    one to be judged or rejected."""
+    batch = {"model.package": model_dir, "batching.max_batch": len(frames)}
     config = loopback_config(workdir, {**batch, **settings})
     inspector = Inspector(config)
     try:
         with FrameSender(inspector.receiver.endpoint) as sender:
             for frame_header, payload in frames:
                 sender.send(frame_header, payload)
+            # The receive stage alone first: an idle inference would take the first frames queued at once.
+            inspector.receive.start()
+            wait_until(lambda: inspector.summary()["received"] == len(frames), 30, "every frame queued")
             inspector.start()
 
             def done() -> bool:

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import urllib.request
 from pathlib import Path
+from types import SimpleNamespace
 
 import cv2
 import numpy as np
@@ -12,7 +14,14 @@ import zmq
 
 from edge_inspect.bus.contracts import FrameHeader, InspectionResult
 from edge_inspect.bus.transport import FrameSender
-from edge_inspect.inspector.service import Inspector, SeqTracker, should_archive
+from edge_inspect.inspector.receive import ReceivedFrame
+from edge_inspect.inspector.rules import QualityRules
+from edge_inspect.inspector.service import Inspector, summarise
+from edge_inspect.inspector.stages.base import Tally, merge_tallies
+from edge_inspect.inspector.stages.infer import judge
+from edge_inspect.inspector.stages.prepare import PreparedBatch
+from edge_inspect.inspector.stages.receive import SeqTracker
+from edge_inspect.inspector.stages.record import should_archive
 from edge_inspect.sinks.record_store import RecordStore
 from tests.helpers import MesReceiver, loopback_config, wait_until
 from tests.toy_models import make_toy_package
@@ -177,3 +186,49 @@ def test_seq_tracker_and_archive_sampling() -> None:
     sampled = sum(should_archive(r, 0.1) for r in results)
     assert 150 < sampled < 250
     assert not any(should_archive(r, 0.0) for r in results)
+
+
+def test_summary_is_made_from_the_stages_own_counts() -> None:
+    receive, prepare, record = Tally(), Tally(), Tally()
+    receive.add("received", count=5)
+    receive.add("dropped", "seq_gap", 2)
+    receive.add("malformed", "bad_json")
+    prepare.add("malformed", "corrupt_jpeg")
+    record.add("inspected", "OK", 3)
+    record.add("inspected", "NG")
+    card = SimpleNamespace(name="m", version="7")
+    summary = summarise(merge_tallies([receive, prepare, record]), SimpleNamespace(provider="cpu", card=card))
+    assert summary == {
+        "received": 5,
+        "inspected": 4,
+        "inspected_by_verdict": {"OK": 3, "NG": 1, "REVIEW": 0},
+        "dropped": 2,
+        "dropped_by_reason": {"seq_gap": 2},
+        "malformed": 2,
+        "malformed_by_reason": {"bad_json": 1, "corrupt_jpeg": 1},
+        "provider": "cpu",
+        "model": "m:7",
+    }
+
+
+def test_a_failing_stage_makes_every_frame_of_its_batch_review_naming_the_stage() -> None:
+    frames = [
+        ReceivedFrame(FrameHeader("cam", seq, "st", 0, 4, 2, 1), memoryview(bytes(8)), 1_000_000)
+        for seq in range(3)
+    ]
+    images = [np.zeros((2, 4, 1), np.uint8)] * 3
+    card = SimpleNamespace(name="m", version="1")
+    active = SimpleNamespace(card=card, ref=None, device="cpu")
+    prepared = PreparedBatch(active, frames, images, [0.1] * 3, np.zeros((3, 1, 2, 4)), 0.5, 2_000_000)
+
+    def lost(active: object, inputs: object) -> dict:
+        raise RuntimeError("device lost")
+
+    judged = judge(prepared, lost, QualityRules())
+    assert judged.failed_stage == "infer" and "device lost" in (judged.error or "")
+    assert [j.verdict for j in judged.judgements] == ["REVIEW"] * 3
+    assert {j.defects[0].cls for j in judged.judgements} == {"infer_error"}
+    failed = dataclasses.replace(prepared, failure="RuntimeError('bad crop')")
+    judged = judge(failed, lost, QualityRules())
+    assert judged.failed_stage == "preprocess"
+    assert {j.defects[0].cls for j in judged.judgements} == {"preprocess_error"}

@@ -1,8 +1,14 @@
-"""Batch stage: bounded per-camera queues and micro-batching (up to B frames or T ms, whichever first).
+"""Batch stage: bounded per-camera queues and latency-aware dynamic batching.
 
 A `lossless` camera's queue blocks the receiver when full, so back-pressure travels over ZeroMQ to the
 camera (which counts it). A `latest` camera's queue holds only its newest frame and counts every frame it
 supersedes. Batches take frames round-robin across cameras so one busy camera cannot starve others.
+
+When a batch goes is decided like Triton's dynamic batcher (`hold_s`): when inference is idle, whatever
+is queued goes at once, so a part at a low rate never waits for company; while inference is busy, a batch
+grows from the frames that queue meanwhile, up to `max_batch`, and `max_wait_s` caps how long its oldest
+frame waits for company. "Busy" is the infer stage running a batch or holding a prepared one
+(`InferenceSlot`), so preprocessing of the next batch still overlaps inference of the current one.
 """
 
 from __future__ import annotations
@@ -11,16 +17,33 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Generic, TypeVar
 
 from edge_inspect.inspector.receive import ReceivedFrame
 
 DropCallback = Callable[[str, str], None]
+T = TypeVar("T")
 
 
-def take_round_robin(queues: dict[str, deque[ReceivedFrame]], start: int, limit: int) -> list[ReceivedFrame]:
-    """Up to `limit` frames, one per camera per turn, beginning with the camera at index `start`."""
+def hold_s(
+    queued: int, max_batch: int, oldest_wait_s: float, max_wait_s: float, inference_busy: bool
+) -> float:
+    """How much longer to hold a batch open for more frames; 0 means dispatch now.
+
+    Pure policy, given `queued` >= 1 frames whose oldest has waited `oldest_wait_s`: a full batch goes
+    at once; so does anything when inference is idle (nothing would be gained by waiting); while it is
+    busy, the batch waits for company until its oldest frame has waited `max_wait_s`.
+    """
+    if queued >= max_batch or not inference_busy:
+        return 0.0
+    return min(max_wait_s, max(0.0, max_wait_s - oldest_wait_s))
+
+
+def take_round_robin(queues: dict[str, deque[T]], start: int, limit: int) -> list[T]:
+    """Up to `limit` items, one per camera per turn, beginning with the camera at index `start`."""
     names = list(queues)
-    taken: list[ReceivedFrame] = []
+    taken: list[T] = []
     if not names:
         return taken
     while len(taken) < limit:
@@ -35,15 +58,25 @@ def take_round_robin(queues: dict[str, deque[ReceivedFrame]], start: int, limit:
     return taken
 
 
-class CameraQueues:
-    """Thread-safe per-camera frame queues shared by the receiver (producer) and the worker (consumer)."""
+@dataclass(frozen=True)
+class _Queued:
+    frame: ReceivedFrame
+    since: float  # the queues' clock when it was queued
 
-    def __init__(self, depth: int, on_drop: DropCallback) -> None:
+
+class CameraQueues:
+    """Thread-safe per-camera frame queues shared by the receiver (producer) and the prepare stage
+    (consumer). `clock` is injectable so the batching policy can be tested without real waiting."""
+
+    def __init__(
+        self, depth: int, on_drop: DropCallback, clock: Callable[[], float] = time.monotonic
+    ) -> None:
         if depth < 1:
             raise ValueError("queue depth must be at least 1")
         self._depth = depth
         self._on_drop = on_drop
-        self._queues: dict[str, deque[ReceivedFrame]] = {}
+        self._clock = clock
+        self._queues: dict[str, deque[_Queued]] = {}
         self._cond = threading.Condition()
         self._next_start = 0
 
@@ -60,23 +93,37 @@ class CameraQueues:
                 # Blocking here stops the receiver reading the socket: that is the back-pressure path.
                 while len(queue) >= self._depth and not stop.is_set():
                     self._cond.wait(0.05)
-            queue.append(frame)
+            queue.append(_Queued(frame, self._clock()))
             self._cond.notify_all()
 
-    def next_batch(self, max_batch: int, max_wait_s: float, poll_s: float = 0.1) -> list[ReceivedFrame]:
-        """The next batch; empty if nothing arrived within `poll_s` (so the caller can check for stop)."""
+    def next_batch(
+        self,
+        max_batch: int,
+        max_wait_s: float,
+        poll_s: float = 0.1,
+        inference_busy: Callable[[], bool] = lambda: False,
+    ) -> list[ReceivedFrame]:
+        """The next batch, dispatched by `hold_s`; empty if nothing arrived within `poll_s` (so the caller
+        can check for stop). Call `wake()` when inference becomes idle, so a held batch goes at once."""
         with self._cond:
             if not self._cond.wait_for(self._has_frames, timeout=poll_s):
                 return []
-            deadline = time.monotonic() + max_wait_s
-            batch = self._take(max_batch)
-            while len(batch) < max_batch:
-                remaining = deadline - time.monotonic()
-                if remaining <= 0 or not self._cond.wait_for(self._has_frames, timeout=remaining):
+            while True:
+                queued = sum(len(queue) for queue in self._queues.values())
+                oldest = min(queue[0].since for queue in self._queues.values() if queue)
+                hold = hold_s(queued, max_batch, self._clock() - oldest, max_wait_s, inference_busy())
+                if hold <= 0:
                     break
-                batch.extend(self._take(max_batch - len(batch)))
+                # Woken by a new frame or by inference going idle; either way the policy is asked again.
+                self._cond.wait(hold)
+            batch = [queued.frame for queued in self._take(max_batch)]
             self._cond.notify_all()
             return batch
+
+    def wake(self) -> None:
+        """Have a waiting `next_batch` ask the policy again (inference has become idle)."""
+        with self._cond:
+            self._cond.notify_all()
 
     def depths(self) -> dict[str, int]:
         with self._cond:
@@ -89,8 +136,50 @@ class CameraQueues:
     def _has_frames(self) -> bool:
         return any(self._queues.values())
 
-    def _take(self, limit: int) -> list[ReceivedFrame]:
+    def _take(self, limit: int) -> list[_Queued]:
         taken = take_round_robin(self._queues, self._next_start, limit)
         if self._queues:
             self._next_start = (self._next_start + 1) % len(self._queues)
         return taken
+
+
+class InferenceSlot(Generic[T]):
+    """The prepare → infer hand-over: room for one prepared batch, and whether inference is busy (running a
+    batch or holding a prepared one). `on_idle` is called, outside the slot's lock, when inference finishes
+    a batch and nothing is waiting for it: the batcher's cue to dispatch what it holds (`CameraQueues.wake`).
+    """
+
+    def __init__(self, on_idle: Callable[[], None] = lambda: None) -> None:
+        self._cond = threading.Condition()
+        self._item: T | None = None
+        self._full = False
+        self._running = False
+        self._on_idle = on_idle
+
+    def put(self, item: T | None) -> None:
+        """Hand over a batch (None: no more); blocks while the previous one has not been taken."""
+        with self._cond:
+            self._cond.wait_for(lambda: not self._full)
+            self._item, self._full = item, True
+            self._cond.notify_all()
+
+    def get(self) -> T | None:
+        """The next batch for inference (None: no more); inference counts as running until `done()`."""
+        with self._cond:
+            self._cond.wait_for(lambda: self._full)
+            item, self._item, self._full = self._item, None, False
+            self._running = item is not None
+            self._cond.notify_all()
+            return item
+
+    def done(self) -> None:
+        """Inference has finished the batch it got."""
+        with self._cond:
+            self._running = False
+            idle = not self._full
+        if idle:
+            self._on_idle()
+
+    def busy(self) -> bool:
+        with self._cond:
+            return self._running or self._full
