@@ -62,9 +62,12 @@ class BusConfig(Section):
 
 
 class BatchingConfig(Section):
-    """A batch goes to inference as soon as inference is free; it grows only from frames that queued
-    while the previous batch was inferred, up to `max_batch`. `max_wait_ms` caps how long a part waits
-    for company when inference is busy (0: never wait)."""
+    """Dynamic batching, as Triton's dynamic batcher does it (inspector/batching.py): when inference is
+    idle, whatever is queued goes at once, so at a low rate a part never waits for company; a batch grows
+    only from frames that queued while inference was busy (running a batch, or holding the next one
+    already preprocessed), up to `max_batch`. `max_wait_ms` caps how long a part, counted from when it
+    was queued, waits for company while inference is busy (0: never wait); it is no delay when idle.
+    `queue_depth` is the per-camera queue (a full lossless queue back-pressures the camera)."""
 
     max_batch: int = Field(8, ge=1, le=256)
     max_wait_ms: float = Field(10.0, ge=0, le=60_000)
