@@ -32,6 +32,13 @@ FLAG_KEYS: dict[str, str] = {
     "metrics_address": "metrics.address",
     "mes_url": "mes.url",
     "mes_max_backoff": "mes.max_backoff_s",
+    "mes_max_attempts": "mes.max_attempts",
+    "mes_ca_file": "mes.ca_file",
+    "mes_client_cert": "mes.client_cert",
+    "mes_client_key": "mes.client_key",
+    "mes_token_file": "mes.token_file",
+    "mes_token_env": "mes.token_env",
+    "mes_hmac_key_file": "mes.hmac_key_file",
 }
 
 
@@ -181,5 +188,22 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--mes-max-backoff",
         type=float,
         help="longest wait between MES retries in s (default 300) [max_backoff_s]",
+    )
+    mes.add_argument(
+        "--mes-max-attempts",
+        type=int,
+        help="POSTs per result before it becomes a dead letter (default 20) [max_attempts]",
+    )
+    mes.add_argument(
+        "--mes-ca-file",
+        help="PEM CA certificate(s) to verify the MES against, instead of the system's [ca_file]",
+    )
+    mes.add_argument("--mes-client-cert", help="PEM client certificate for mutual TLS [client_cert]")
+    mes.add_argument("--mes-client-key", help="its PEM key, unless in the certificate's file [client_key]")
+    mes.add_argument("--mes-token-file", help="file holding the MES bearer token [token_file]")
+    mes.add_argument("--mes-token-env", help="environment variable holding the MES bearer token [token_env]")
+    mes.add_argument(
+        "--mes-hmac-key-file",
+        help="file holding the key that signs each POST (HMAC-SHA256 header) [hmac_key_file]",
     )
     p.set_defaults(handler=_serve)

@@ -11,12 +11,22 @@ The sections follow the data's path: model → bus → batching → inference �
 
 from __future__ import annotations
 
+import os
 import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from edge_inspect.inspector.rules import QualityRules
 
@@ -96,9 +106,82 @@ class MetricsConfig(Section):
     address: str = "127.0.0.1"
 
 
+def _existing_file(path: Path | None) -> Path | None:
+    if path is not None and not path.is_file():
+        raise ValueError(f"{path} is not a file (missing, or a directory); check the path")
+    return path
+
+
+# A file that must exist when the inspector starts; the error names the key (mes.ca_file: ...).
+ExistingFile = Annotated[Path | None, AfterValidator(_existing_file)]
+
+
 class MesConfig(Section):
+    """The MES webhook (sinks/mes_webhook.py). Only `url` is needed; the rest has working defaults.
+
+    Every POST is tried at most `max_attempts` times, waiting `initial_backoff_s` doubling up to
+    `max_backoff_s` in between; then the result goes to the outbox's dead letters (`edge-inspect records
+    --requeue-dead` sends them again). TLS is verified against the system's and certifi's trust
+    stores, or only against `ca_file`; `client_cert` (+ `client_key` unless the key is in the same PEM
+    file) for mutual TLS. The bearer token is never written here: `token_file` or `token_env` (the name
+    of an environment variable) holds it. `hmac_key_file` adds an HMAC-SHA256 signature header (see
+    mes_webhook.py). Redirects are never followed: a 3xx is a dead letter, not a delivery.
+    """
+
     url: str | None = None
+    connect_timeout_s: float = Field(5.0, gt=0, le=600)
+    read_timeout_s: float = Field(10.0, gt=0, le=600)
+    initial_backoff_s: float = Field(1.0, gt=0)
     max_backoff_s: float = Field(300.0, gt=0)
+    max_attempts: int = Field(20, ge=1, le=1_000_000)
+    # Deliveries per pass: the outbox is read and the delivered rows are marked once per pass.
+    batch: int = Field(32, ge=1, le=10_000)
+    ca_file: ExistingFile = None
+    client_cert: ExistingFile = None
+    client_key: ExistingFile = None
+    token_file: ExistingFile = None
+    token_env: str | None = Field(None, min_length=1)
+    hmac_key_file: ExistingFile = None
+
+    @field_validator("url")
+    @classmethod
+    def _absolute_http_url(cls, url: str | None) -> str | None:
+        if url is not None:
+            parts = urlsplit(url)
+            if parts.scheme not in ("http", "https") or not parts.netloc:
+                raise ValueError(f"{url!r} must be an absolute http:// or https:// URL")
+        return url
+
+    @model_validator(mode="before")
+    @classmethod
+    def _initial_backoff_yields(cls, data: Any) -> Any:
+        # The default initial back-off yields to a shorter max_backoff_s; an explicit one does not.
+        if isinstance(data, Mapping) and "initial_backoff_s" not in data and "max_backoff_s" in data:
+            try:
+                shorter = float(data["max_backoff_s"]) < cls.model_fields["initial_backoff_s"].default
+            except (TypeError, ValueError):
+                return data  # the field's own validation reports it
+            if shorter:
+                return {**data, "initial_backoff_s": data["max_backoff_s"]}
+        return data
+
+    @model_validator(mode="after")
+    def _consistent(self) -> MesConfig:
+        if self.initial_backoff_s > self.max_backoff_s:
+            raise ValueError(
+                f"need mes.initial_backoff_s <= mes.max_backoff_s, got {self.initial_backoff_s} and "
+                f"{self.max_backoff_s}"
+            )
+        if self.client_key is not None and self.client_cert is None:
+            raise ValueError("mes.client_key needs mes.client_cert: the certificate that key belongs to")
+        if self.token_file is not None and self.token_env is not None:
+            raise ValueError("give the MES bearer token one way: mes.token_file or mes.token_env, not both")
+        if self.token_env is not None and not os.environ.get(self.token_env):
+            raise ValueError(
+                f"mes.token_env names the environment variable {self.token_env!r}, which is not set or "
+                "empty; export it before starting the inspector"
+            )
+        return self
 
 
 class InspectorConfig(Section):

@@ -246,6 +246,12 @@ class InspectorMetrics:
             "Results recorded but not yet delivered to the MES.",
             registry=self.registry,
         )
+        self.mes_outbox_dead = Gauge(
+            "edgeinspect_mes_outbox_dead",
+            "MES dead letters: deliveries given up (an error status, or mes.max_attempts reached); "
+            "`edge-inspect records --requeue-dead` sends them again.",
+            registry=self.registry,
+        )
         self.model_info = Info(
             "edgeinspect_model",
             "The model being served.",
@@ -325,6 +331,9 @@ class InspectorMetrics:
 
     def set_outbox_pending(self, pending: int) -> None:
         self.mes_outbox_pending.set(pending)
+
+    def set_outbox_dead(self, dead: int) -> None:
+        self.mes_outbox_dead.set(dead)
 
     def serve(self, port: int, addr: str = "127.0.0.1") -> MetricsServer:
         """Serve `/metrics` over HTTP from a daemon thread; port 0 picks a free port (see `.port`).

@@ -386,6 +386,20 @@ class RecordStore:
         counts.update(self._conn.execute("SELECT state, COUNT(*) FROM outbox GROUP BY state").fetchall())
         return counts
 
+    def count_dead(self) -> int:
+        # Through the (state, next_attempt_ns) index, like count_pending.
+        return self._conn.execute("SELECT COUNT(*) FROM outbox WHERE state = 'dead'").fetchone()[0]
+
+    def dead_deliveries(self, limit: int = 100) -> list[OutboxItem]:
+        """Dead letters, oldest first by outbox row, each with its attempts and last error; for listing
+        them before `requeue_dead`."""
+        if limit < 1:
+            raise RecordStoreError(f"limit must be at least 1, got {limit}")
+        rows = self._conn.execute(
+            f"SELECT {_OUTBOX_COLUMNS} FROM outbox WHERE state = 'dead' ORDER BY id LIMIT ?", (limit,)
+        )
+        return [OutboxItem(*row) for row in rows]
+
     # Labels ------------------------------------------------------------------------------------------
 
     def add_label(
