@@ -21,6 +21,7 @@ from pathlib import Path
 
 from edge_inspect.bus.contracts import InspectionResult, ModelRef, StageTimings
 from edge_inspect.cli import build_parser
+from edge_inspect.cli.retrain import retrain_options
 from edge_inspect.models.registry import promote, publish
 from edge_inspect.sinks.record_store import RecordStore
 from edge_inspect.training.datasets import elpv_split
@@ -89,7 +90,7 @@ def main() -> int:
         *("--base-data", "none", "--test-data", "elpv", "--line-holdout", "0", "--tolerance", "1"),
         *("--recipe", recipe, "--workdir", str(work / "retrain")),
     ]
-    outcome = retrain(build_parser().parse_args(retrain_args))
+    outcome = retrain(retrain_options(build_parser().parse_args(retrain_args)))
     direct_acc, retrained_acc = outcome["serving"]["accuracy"], outcome["candidate"]["accuracy"]
     print(
         json.dumps(

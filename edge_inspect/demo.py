@@ -6,7 +6,6 @@ and `edge-inspect serve` (the MEC service), and subscribes to the inspector's re
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import signal
@@ -202,30 +201,3 @@ def run_demo(workdir: Path, seconds: float | None, fps: float, as_json: bool) ->
         "model": str(model_dir),
         "provider": served.get("provider"),
     }
-
-
-def _demo(args: argparse.Namespace) -> int:
-    summary = run_demo(Path(args.workdir), args.seconds, args.fps, args.json)
-    if args.json:
-        print(json.dumps(summary))
-    else:
-        print("\nSummary: " + ", ".join(f"{k}={v}" for k, v in summary.items()))
-    return 0
-
-
-def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser(
-        "demo",
-        help="run the demo line (camera replaying ELPV cells, inspector, live alarm view)",
-        description="Prepare the demo model (trained on first run, then cached), start a camera that replays "
-        "real ELPV solar-cell images and the inspector, and show NG alarms live.",
-    )
-    p.add_argument(
-        "--workdir", default="var/demo", help="model cache, records and images (default: %(default)s)"
-    )
-    p.add_argument("--seconds", type=float, default=None, help="stop cleanly after N seconds with a summary")
-    p.add_argument("--fps", type=float, default=10.0, help="parts per second (default: %(default)s)")
-    p.add_argument(
-        "--json", action="store_true", help="print the summary as one JSON object on the last line"
-    )
-    p.set_defaults(handler=_demo)

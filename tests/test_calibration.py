@@ -13,14 +13,11 @@ from edge_inspect.training.calibrate import (
     binomial_cdf,
     calibrate,
     clopper_pearson_upper,
-    f1_optimal_threshold,
-    f1_score_at,
     good_images_needed,
-    miss_rate,
     normalisation_points,
     review_band,
-    threshold_for_frr,
 )
+from edge_inspect.training.metrics import f1_optimal_threshold, f1_score_at, miss_rate, threshold_for_frr
 
 
 def test_threshold_rejects_exactly_the_allowed_number_of_good_parts() -> None:

@@ -13,16 +13,14 @@ import pytest
 from edge_inspect.training.datasets import (
     ELPV_TEST_FRACTION,
     ELPV_VAL_FRACTION,
+    TrainingDataError,
+    dataset_splits,
     elpv_root,
     elpv_split,
     fingerprint,
-    load_elpv,
-)
-from edge_inspect.training.train_classifier import (
-    TrainingDataError,
-    dataset_splits,
     folder_splits,
     limit_samples,
+    load_elpv,
 )
 
 ELPV_SIZE = 2624

@@ -16,7 +16,6 @@ from edge_inspect.inspector.preprocess import preprocess_batch
 from edge_inspect.models.classifier import DefectClassifier, build_classifier
 from edge_inspect.models.efficientnet_lite0 import CONFIG
 from edge_inspect.models.package import ModelPackage, ModelPackageError, load_package
-from edge_inspect.training.evaluate import verdicts
 from edge_inspect.training.export import (
     INPUT_NAME,
     SCORE_NAME,
@@ -26,6 +25,7 @@ from edge_inspect.training.export import (
     export_package,
     probability_thresholds,
 )
+from edge_inspect.training.metrics import verdicts
 
 skimage_data = pytest.importorskip("skimage.data")
 

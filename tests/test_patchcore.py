@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 import torch
 
+from edge_inspect.cli.train import register_patchcore
 from edge_inspect.inspector.infer import load_model
 from edge_inspect.inspector.postprocess import postprocess
 from edge_inspect.inspector.preprocess import preprocess_batch
@@ -33,11 +34,7 @@ from edge_inspect.models.patchcore import (
     greedy_coreset,
 )
 from edge_inspect.training.calibrate import calibrate
-from edge_inspect.training.train_patchcore import (
-    export_patchcore_package,
-    register_train_subcommand,
-    train_patchcore,
-)
+from edge_inspect.training.train_patchcore import export_patchcore_package, train_patchcore
 
 SIZE = 96
 # The painted defect: a saturated disc, centre (x, y) and radius in frame pixels.
@@ -252,7 +249,7 @@ def test_eval_reports_pixel_auroc_from_ground_truth_masks(tmp_path: Path) -> Non
 
 def test_train_subcommand_parses_its_options() -> None:
     parser = argparse.ArgumentParser()
-    register_train_subcommand(parser.add_subparsers(dest="family"))
+    register_patchcore(parser.add_subparsers(dest="family"))
     args = parser.parse_args(
         ["patchcore", "--out", "var/x", "--coreset-ratio", "0.05", "--target-frr", "0.01", "--limit", "200"]
     )

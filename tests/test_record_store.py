@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from edge_inspect.bus.contracts import Defect, InspectionResult, ModelRef, StageTimings
-from edge_inspect.sinks import record_store
+from edge_inspect.cli import records as records_cli
 from edge_inspect.sinks.record_store import SCHEMA_VERSION, RecordStore, RecordStoreError
 
 MODEL = ModelRef(name="elpv-cls", version="1.2.0", sha256="ab" * 32)
@@ -230,7 +230,7 @@ def test_foreign_database_is_refused(tmp_path: Path) -> None:
 
 def records_args(db: Path, *argv: str) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="edge-inspect")
-    record_store.register(parser.add_subparsers(dest="command"))
+    records_cli.register(parser.add_subparsers(dest="command"))
     return parser.parse_args(["records", "--db", str(db), *argv])
 
 

@@ -9,6 +9,7 @@ import pytest
 
 from edge_inspect.bus.contracts import InspectionResult, ModelRef, StageTimings
 from edge_inspect.cli import build_parser
+from edge_inspect.cli.retrain import retrain_options
 from edge_inspect.models.registry import promote, promoted, publish, versions
 from edge_inspect.sinks.record_store import RecordStore
 from edge_inspect.training.datasets import elpv_split
@@ -89,7 +90,7 @@ def test_retrain_builds_the_dataset_compares_side_by_side_and_publishes(tmp_path
             "--no-progress",
         ]
     )
-    outcome = retrain(args)
+    outcome = retrain(retrain_options(args))
     dataset = outcome["dataset"]
     assert dataset["line_labelled"] == 40 and dataset["base_train"] == 0
     assert dataset["line_train"] + dataset["line_held_out"] == 40

@@ -18,13 +18,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from edge_inspect.cli import eval as eval_cli
+from edge_inspect.cli import train as train_cli
 from edge_inspect.models.package import load_package
-from edge_inspect.training import evaluate
+from edge_inspect.training import datasets, evaluate
 from edge_inspect.training import train_classifier as train
-from edge_inspect.training.datasets import elpv_root, elpv_split, fingerprint
+from edge_inspect.training.datasets import elpv_root, elpv_split, fingerprint, limit_samples
 from edge_inspect.training.demo_model import prepare_demo_model
-from edge_inspect.training.evaluate import best_threshold, compute_metrics, review_metrics
 from edge_inspect.training.export import probability_thresholds
+from edge_inspect.training.metrics import best_threshold, compute_metrics, review_metrics, verdicts
 from edge_inspect.training.train_classifier import (
     PROBE_C_GRID,
     Augmentation,
@@ -32,7 +34,6 @@ from edge_inspect.training.train_classifier import (
     TrainConfig,
     augment,
     balanced_weights,
-    limit_samples,
     train_classifier,
     warmup_cosine,
 )
@@ -79,7 +80,7 @@ def test_review_metrics() -> None:
     thresholds = probability_thresholds(0.5, 0.1)
     labels = np.array([1, 0, 1, 0], dtype=bool)
     scores = np.array([0.9, 0.45, 0.55, 0.1])
-    assert evaluate.verdicts(scores, thresholds) == ["NG", "REVIEW", "REVIEW", "OK"]
+    assert verdicts(scores, thresholds) == ["NG", "REVIEW", "REVIEW", "OK"]
     assert review_metrics(labels, scores, thresholds) == {"review_rate": 0.5, "accuracy_decided": 1.0}
 
 
@@ -143,12 +144,13 @@ def test_modules_import_without_torch() -> None:
         for name in ("torch", "timm", "onnxruntime", "sklearn"):
             sys.modules[name] = None
         from edge_inspect.models import families
-        from edge_inspect.training import demo_model, evaluate, export
-        from edge_inspect.training import train_classifier as train
+        from edge_inspect.training import datasets, demo_model, evaluate, export, metrics
+        from edge_inspect.cli import eval as eval_cli
+        from edge_inspect.cli import train as train_cli
         parser = argparse.ArgumentParser()
         sub = parser.add_subparsers()
-        train.register(sub)
-        evaluate.register(sub)
+        train_cli.register(sub)
+        eval_cli.register(sub)
         args = parser.parse_args(["train", "classifier", "--out", "x", "--recipe", "linear-probe"])
         print(args.recipe, families.known_families())
         """
@@ -177,8 +179,8 @@ class RoundTrip:
 def command_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser()
     sub = parser.add_subparsers(required=True)
-    train.register(sub)
-    evaluate.register(sub)
+    train_cli.register(sub)
+    eval_cli.register(sub)
     return parser
 
 
@@ -195,14 +197,14 @@ def round_trip(tmp_path_factory: pytest.TempPathFactory) -> RoundTrip:
     model_dir = tmp_path_factory.mktemp("classifier")
     parser = command_parser()
     reads: list[Path] = []
-    original = train.read_image
+    original = datasets.read_image
 
     def spy(path: Path) -> np.ndarray:
         reads.append(Path(path))
         return original(path)
 
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(train, "read_image", spy)
+        patch.setattr(datasets, "read_image", spy)
         train_code, train_stdout = run_command(
             parser,
             [

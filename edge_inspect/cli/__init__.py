@@ -1,7 +1,8 @@
-"""`edge-inspect`: one command-line entry point; each stage module registers its own subcommand.
+"""`edge-inspect`: one command-line entry point; each module of this package registers one command.
 
-Registration functions only build argparse parsers; heavy imports (torch, onnxruntime) happen inside the
-handlers, so `edge-inspect camera ...` runs on a gateway without them.
+The command modules are thin: they build argparse parsers and turn the parsed flags into calls of the
+library (which takes typed parameters, never an argparse namespace). Heavy imports (torch, onnxruntime)
+happen inside the handlers, so `edge-inspect camera ...` and `--help` run on a gateway without them.
 """
 
 from __future__ import annotations
@@ -15,13 +16,8 @@ from edge_inspect.logs import setup_logging
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from edge_inspect import demo
-    from edge_inspect.cli import camera as camera_cli
-    from edge_inspect.cli import serve
-    from edge_inspect.models import registry as model_registry
-    from edge_inspect.sinks import record_store
-    from edge_inspect.training import evaluate, labelling, retrain
-    from edge_inspect.training import train_classifier as train
+    from edge_inspect.cli import camera, demo, label, models, records, retrain, serve, train
+    from edge_inspect.cli import eval as evaluate
 
     parser = argparse.ArgumentParser(
         prog="edge-inspect",
@@ -32,17 +28,7 @@ def build_parser() -> argparse.ArgumentParser:
         "-v", "--verbose", action="count", default=0, help="more log output (-v info, -vv debug)"
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for module in (
-        demo,
-        camera_cli,
-        serve,
-        train,
-        evaluate,
-        record_store,
-        labelling,
-        retrain,
-        model_registry,
-    ):
+    for module in (demo, camera, serve, train, evaluate, records, label, retrain, models):
         module.register(sub)
     return parser
 

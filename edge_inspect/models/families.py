@@ -7,11 +7,13 @@ adds one `register_family(...)` call at the end of this file.
 
 from __future__ import annotations
 
-import argparse
 import importlib
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import argparse
 
 
 class UnknownFamilyError(ValueError):
@@ -20,8 +22,9 @@ class UnknownFamilyError(ValueError):
 
 @dataclass(frozen=True)
 class ModelFamily:
-    """`builder` makes the torch module (keyword options only); `train_cli` adds `edge-inspect train NAME`
-    to the sub-parsers of `train` it is given, with its own options and handler."""
+    """`builder` makes the torch module (keyword options only); `train_cli`, a function of the command
+    line (`edge_inspect.cli.train`), adds `edge-inspect train NAME` to the sub-parsers of `train` it is
+    given, with its own options and handler."""
 
     name: str
     summary: str
@@ -72,7 +75,7 @@ register_family(
         name="classifier",
         summary="supervised OK/NG classifier: EfficientNet-Lite0 + logistic head, score = P(defective)",
         builder="edge_inspect.models.classifier:build_classifier",
-        train_cli="edge_inspect.training.train_classifier:register_classifier_subcommand",
+        train_cli="edge_inspect.cli.train:register_classifier",
     )
 )
 register_family(
@@ -81,6 +84,6 @@ register_family(
         summary="good-only anomaly detection: PatchCore on EfficientNet-Lite0 features, "
         "score = distance to normal patches",
         builder="edge_inspect.models.patchcore:build_patchcore",
-        train_cli="edge_inspect.training.train_patchcore:register_train_subcommand",
+        train_cli="edge_inspect.cli.train:register_patchcore",
     )
 )

@@ -69,6 +69,17 @@ class ModelCard:
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
+    def to_json(self) -> str:
+        """The text of `model.json`: the one serialisation, so an exported card and a published one read
+        alike (sorted keys and a final newline keep diffs and hashes of cards stable)."""
+        return json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n"
+
+    @classmethod
+    def from_json(cls, text: str) -> ModelCard:
+        """A card from `model.json` text; ValueError (invalid JSON), KeyError or TypeError (missing or
+        unknown fields) for text that is no card, ModelPackageError for an unsupported schema."""
+        return cls.from_dict(json.loads(text))
+
     @classmethod
     def from_dict(cls, obj: dict[str, Any]) -> ModelCard:
         if obj.get("schema") != CARD_SCHEMA_VERSION:
@@ -109,7 +120,7 @@ def write_package(directory: Path, onnx_bytes_path: Path, card: ModelCard) -> Mo
         os.replace(onnx_bytes_path, target)
     sealed = ModelCard.from_dict({**card.to_dict(), "onnx_sha256": sha256_file(target)})
     tmp = directory / (CARD_NAME + ".tmp")
-    tmp.write_text(json.dumps(sealed.to_dict(), indent=2, sort_keys=True) + "\n")
+    tmp.write_text(sealed.to_json())
     os.replace(tmp, directory / CARD_NAME)
     return ModelPackage(directory, sealed)
 
@@ -124,7 +135,7 @@ def load_package(directory: str | Path) -> ModelPackage:
             "(train one with `edge-inspect train ... --out DIR`)"
         )
     try:
-        card = ModelCard.from_dict(json.loads(card_path.read_text()))
+        card = ModelCard.from_json(card_path.read_text())
     except (json.JSONDecodeError, KeyError, TypeError) as exc:
         raise ModelPackageError(f"{card_path} is not a valid model card: {exc}") from exc
     actual = sha256_file(directory / ONNX_NAME)

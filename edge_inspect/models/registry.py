@@ -19,13 +19,11 @@ filesystem, and a verified copy in a local cache for an object store.
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import os
 import shutil
 import stat
-import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -109,11 +107,6 @@ def _no_such_version(location: str, name: str, version: str) -> RegistryError:
     )
 
 
-def _card_text(card: ModelCard) -> str:
-    # The same serialisation as `write_package`, so a published card reads like an exported one.
-    return json.dumps(card.to_dict(), indent=2, sort_keys=True) + "\n"
-
-
 @dataclass(frozen=True)
 class FilesystemStore:
     root: Path
@@ -149,7 +142,7 @@ class FilesystemStore:
         staging = Path(tempfile.mkdtemp(prefix=f".{card.version}.", dir=target.parent))
         try:
             shutil.copy2(onnx, staging / ONNX_NAME)
-            (staging / CARD_NAME).write_text(_card_text(card))
+            (staging / CARD_NAME).write_text(card.to_json())
             load_package(staging)
             for path in staging.iterdir():
                 path.chmod(stat.S_IRUSR | stat.S_IRGRP | stat.S_IROTH)
@@ -313,7 +306,7 @@ class S3Store:
             none_on=("PreconditionFailed", "ConditionalRequestConflict"),
             Bucket=self.bucket,
             Key=card_key,
-            Body=_card_text(card).encode(),
+            Body=card.to_json().encode(),
             ContentType="application/json",
             IfNoneMatch="*",
         )
@@ -335,7 +328,7 @@ class S3Store:
             except ModelPackageError:
                 pass  # a damaged local copy is simply fetched again
         try:
-            sha256 = json.loads(card_text)["onnx_sha256"]
+            sha256 = ModelCard.from_json(card_text).onnx_sha256
         except (ValueError, KeyError, TypeError) as exc:
             raise ModelPackageError(
                 f"the card of {name} {version} in {self.location} is not a valid model card ({exc!r}); "
@@ -426,7 +419,7 @@ def read_card(registry: RegistryLocation, name: str, version: str) -> ModelCard:
     store = open_registry(registry)
     text = store.read_card(_check_part("model name", name), _check_part("version", version))
     try:
-        return ModelCard.from_dict(json.loads(text))
+        return ModelCard.from_json(text)
     except (ValueError, KeyError, TypeError) as exc:
         raise ModelPackageError(
             f"the card of {name} {version} in {store.location} is invalid: {exc!r}"
@@ -483,68 +476,3 @@ def rollback(registry: RegistryLocation, name: str, by: str = "cli") -> Promotio
     promotion = Promotion(previous, time.time_ns(), by, current.history[:-1])
     store.write_promoted(name, json.dumps(asdict(promotion), indent=2) + "\n")
     return promotion
-
-
-def _cli(args: argparse.Namespace) -> int:
-    try:
-        return _run_action(open_registry(args.registry, args.s3_endpoint), args)
-    except (RegistryError, ModelPackageError) as exc:
-        print(f"edge-inspect models: {exc}", file=sys.stderr)
-        return 2
-
-
-def _run_action(store: RegistryStore, args: argparse.Namespace) -> int:
-    if args.action == "list":
-        for name in [args.name] if args.name else names(store):
-            current = promoted(store, name)
-            for version in versions(store, name):
-                card = read_card(store, name, version)
-                mark = "*" if current and current.version == version else " "
-                metrics = ", ".join(f"{k}={v:.3f}" for k, v in card.metrics.items() if isinstance(v, float))
-                print(f"{mark} {name} {version:<24} {card.family:<11} {card.created_at:<21} {metrics}")
-        return 0
-    if args.action == "publish":
-        card = publish(store, Path(args.package), args.version)
-        print(f"published {card.name} {card.version} -> {store.location}")
-        if args.promote:
-            promote(store, card.name, card.version)
-            print(f"promoted {card.name} {card.version}")
-        return 0
-    if args.action == "promote":
-        promotion = promote(store, args.name, args.version)
-        print(f"promoted {args.name} {promotion.version}")
-        return 0
-    promotion = rollback(store, args.name)
-    print(f"rolled {args.name} back to {promotion.version}")
-    return 0
-
-
-def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser(
-        "models",
-        help="list, publish, promote or roll back model versions in a registry",
-        description="A registry holds immutable model packages, <registry>/<name>/<version>/, in a directory "
-        "(on a shared filesystem for several lines) or in an S3-compatible object store "
-        "(s3://bucket/prefix; credentials and AWS_ENDPOINT_URL from the environment as for any AWS tool). "
-        "Inspectors started with --registry/--model-name load the promoted version and swap to a newly "
-        "promoted one while running.",
-    )
-    p.add_argument("--registry", required=True, help="registry directory or s3://bucket/prefix URL")
-    p.add_argument(
-        "--s3-endpoint",
-        default=None,
-        help="S3 endpoint URL for an s3:// registry on a non-AWS store (default: AWS_ENDPOINT_URL or AWS)",
-    )
-    actions = p.add_subparsers(dest="action", required=True)
-    listing = actions.add_parser("list", help="versions of every model (* marks the promoted one)")
-    listing.add_argument("name", nargs="?", help="only this model")
-    pub = actions.add_parser("publish", help="copy a model package into the registry (immutable)")
-    pub.add_argument("package", help="model package directory")
-    pub.add_argument("--version", default=None, help="publish under this version instead of the card's")
-    pub.add_argument("--promote", action="store_true", help="promote it right away")
-    pro = actions.add_parser("promote", help="make a version the one every subscribed line serves")
-    pro.add_argument("name")
-    pro.add_argument("version")
-    back = actions.add_parser("rollback", help="serve the previously promoted version again")
-    back.add_argument("name")
-    p.set_defaults(handler=_cli)

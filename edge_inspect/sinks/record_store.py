@@ -11,17 +11,15 @@ a second writer wait for the first instead of failing.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import sqlite3
-import sys
 import tempfile
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -451,90 +449,3 @@ def _path_component(text: str) -> str:
     encoded = quote(text, safe="")
     # quote() leaves dots alone; a leading one would make "." / ".." or a hidden file.
     return "%2E" + encoded[1:] if encoded.startswith(".") else encoded
-
-
-# Command line ----------------------------------------------------------------------------------------
-
-
-def register(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser(
-        "records",
-        help="list recorded inspection results",
-        description="List recorded inspection results, newest first. Times without a UTC offset are local.",
-    )
-    parser.add_argument("--db", type=Path, required=True, help="record store database file")
-    parser.add_argument("--part-id", help="only this part")
-    parser.add_argument("--camera", help="only this camera id")
-    parser.add_argument("--verdict", choices=VERDICTS, help="only this verdict")
-    parser.add_argument("--since", type=parse_time_ns, help="captured at or after (ISO 8601)")
-    parser.add_argument("--until", type=parse_time_ns, help="captured before (ISO 8601)")
-    parser.add_argument("--limit", type=int, default=100, help="at most N results (default 100)")
-    parser.add_argument("--json", action="store_true", help="one result JSON object per line")
-    parser.add_argument(
-        "--requeue-dead",
-        nargs="*",
-        metavar="RESULT_ID",
-        help="instead of listing, make dead MES deliveries pending again (all of them when no id is given)",
-    )
-    parser.set_defaults(handler=run_records)
-
-
-def parse_time_ns(text: str) -> int:
-    """ISO 8601 to epoch nanoseconds; without an offset the time is local, `Z` means UTC."""
-    try:
-        moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(
-            f"{text!r} is not an ISO 8601 time; write e.g. 2024-05-01T14:30:00 or 2024-05-01T12:30:00Z"
-        ) from exc
-    if moment.tzinfo is None:
-        moment = moment.astimezone()
-    return (moment - datetime(1970, 1, 1, tzinfo=timezone.utc)) // timedelta(microseconds=1) * 1000
-
-
-def format_table(results: Sequence[InspectionResult]) -> str:
-    header = ("time", "camera", "part", "verdict", "score", "model", "image")
-    rows = [header] + [
-        (
-            datetime.fromtimestamp(r.t_capture_ns / 1e9).astimezone().isoformat(timespec="milliseconds"),
-            r.camera_id,
-            r.part_id or "-",
-            r.verdict,
-            f"{r.score:.3f}",
-            r.model.version,
-            r.image_path or "-",
-        )
-        for r in results
-    ]
-    widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
-    lines = ("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)) for row in rows)
-    return "\n".join(line.rstrip() for line in lines)
-
-
-def run_records(args: argparse.Namespace) -> int:
-    if not args.db.is_file():
-        print(f"edge-inspect records: error: no record store at {args.db}; check --db", file=sys.stderr)
-        return 2
-    try:
-        with RecordStore(args.db) as store:
-            if args.requeue_dead is not None:
-                count = store.requeue_dead(args.requeue_dead or None)
-                print(f"requeued {count} dead MES deliveries")
-                return 0
-            results = store.query(
-                part_id=args.part_id,
-                camera_id=args.camera,
-                verdict=args.verdict,
-                since_ns=args.since,
-                until_ns=args.until,
-                limit=args.limit,
-            )
-    except RecordStoreError as exc:
-        print(f"edge-inspect records: error: {exc}", file=sys.stderr)
-        return 2
-    if args.json:
-        for result in results:
-            print(result.to_json())
-    else:
-        print(format_table(results))
-    return 0

@@ -5,7 +5,7 @@ false-reject rate (FRR) on good parts. A handful of good validation images canno
 so every calibration also carries a one-sided Clopper-Pearson upper bound on the true FRR at the chosen
 threshold. When labelled defects are available it reports the miss rate there and the F1-optimal
 threshold for comparison. The normalisation points (score_low, score_high) and the REVIEW band come
-from the same scores.
+from the same scores. The threshold searches and F1 themselves live in `metrics`, shared with evaluation.
 
 Pure numpy and stdlib; higher score = more anomalous; a part is rejected when score >= threshold.
 """
@@ -20,6 +20,13 @@ import numpy as np
 
 from edge_inspect.inspector.rules import NORMALISED_THRESHOLD, normalise_scores
 from edge_inspect.models.package import Thresholds
+from edge_inspect.training.metrics import (
+    as_scores,
+    f1_optimal_threshold,
+    f1_score_at,
+    miss_rate,
+    threshold_for_frr,
+)
 
 DEFAULT_TARGET_FRR = 0.005
 DEFAULT_CONFIDENCE = 0.95
@@ -70,13 +77,6 @@ class Calibration:
         }
 
 
-def _as_scores(scores: Any, what: str) -> np.ndarray:
-    values = np.asarray(scores, dtype=np.float64).reshape(-1)
-    if not np.all(np.isfinite(values)):
-        raise ValueError(f"{what} scores contain NaN or infinity; check the model's outputs")
-    return values
-
-
 def binomial_cdf(k: int, n: int, p: float) -> float:
     """P(X <= k) for X ~ Binomial(n, p), summed in log space so large n does not underflow."""
     if k < 0:
@@ -120,60 +120,6 @@ def good_images_needed(target_rate: float, confidence: float = DEFAULT_CONFIDENC
     return math.ceil(math.log(1.0 - confidence) / math.log1p(-target_rate))
 
 
-def threshold_for_frr(good_scores: Any, target_frr: float) -> float:
-    """The lowest threshold that rejects at most floor(target_frr * n) of the good validation scores.
-
-    It sits just above the highest good score that must still pass (the next float32 up, so the
-    model's own float32 score of that image stays below it).
-    """
-    good = np.sort(_as_scores(good_scores, "good"))[::-1]
-    if good.size == 0:
-        raise ValueError("no good validation scores: the false-reject threshold needs good images")
-    if not 0.0 < target_frr < 0.5:
-        raise ValueError(f"target false-reject rate {target_frr} must lie in (0, 0.5); e.g. 0.005 for 0.5 %")
-    allowed = math.floor(target_frr * good.size)
-    return float(np.nextafter(np.float32(good[allowed]), np.float32(np.inf)))
-
-
-def miss_rate(defective_scores: Any, threshold: float) -> float:
-    """Share of defective parts that would pass (score below the threshold)."""
-    bad = _as_scores(defective_scores, "defective")
-    if bad.size == 0:
-        raise ValueError("no defective scores: the miss rate is undefined")
-    return float(np.mean(bad < threshold))
-
-
-def f1_score_at(good_scores: Any, defective_scores: Any, threshold: float) -> float:
-    """F1 of the defective class when parts at or above `threshold` are rejected."""
-    good = _as_scores(good_scores, "good")
-    bad = _as_scores(defective_scores, "defective")
-    tp = int(np.sum(bad >= threshold))
-    fp = int(np.sum(good >= threshold))
-    fn = bad.size - tp
-    return 2 * tp / (2 * tp + fp + fn) if tp else 0.0
-
-
-def f1_optimal_threshold(good_scores: Any, defective_scores: Any) -> tuple[float, float]:
-    """(threshold, F1) maximising F1 of the defective class over all cut points of the scores.
-
-    Candidates sit midway between neighbouring distinct scores (and at the lowest score, rejecting all),
-    so the threshold lies in a gap rather than on one image. Ties go to the highest threshold: the same
-    F1 with fewer rejected parts.
-    """
-    good = _as_scores(good_scores, "good")
-    bad = _as_scores(defective_scores, "defective")
-    if bad.size == 0:
-        raise ValueError("no defective scores: the F1-optimal threshold needs defects")
-    distinct = np.unique(np.concatenate([good, bad]))
-    candidates = np.append(distinct[:1], (distinct[:-1] + distinct[1:]) / 2)
-    # Rejections at each candidate, from sorted scores instead of one pass per candidate.
-    tp = bad.size - np.searchsorted(np.sort(bad), candidates, side="left")
-    fp = good.size - np.searchsorted(np.sort(good), candidates, side="left")
-    f1 = 2 * tp / (2 * tp + fp + (bad.size - tp))
-    best = np.flatnonzero(f1 == f1.max())[-1]
-    return float(candidates[best]), float(f1[best])
-
-
 def normalisation_points(
     good_scores: Any, threshold: float, defective_scores: Any | None = None
 ) -> tuple[float, float]:
@@ -182,7 +128,7 @@ def normalisation_points(
     Without defects, or when that quantile does not exceed the threshold (a weak model), score_high
     mirrors score_low about the threshold so that the scale stays symmetric around 0.5.
     """
-    good = _as_scores(good_scores, "good")
+    good = as_scores(good_scores, "good")
     low = float(np.median(good))
     if low >= threshold:
         raise ValueError(
@@ -191,7 +137,7 @@ def normalisation_points(
         )
     high = threshold + (threshold - low)
     if defective_scores is not None:
-        bad = _as_scores(defective_scores, "defective")
+        bad = as_scores(defective_scores, "defective")
         if bad.size:
             quantile = float(np.quantile(bad, DEFECT_QUANTILE))
             high = quantile if quantile > threshold else high
@@ -213,7 +159,7 @@ def review_band(
     band covers the central `confidence` interval of those thresholds on the normalised scale. Parts
     inside it would change verdict under an equally plausible validation set, so a person decides.
     """
-    good = _as_scores(good_scores, "good")
+    good = as_scores(good_scores, "good")
     rng = np.random.default_rng(seed)
     samples = np.sort(rng.choice(good, size=(resamples, good.size), replace=True), axis=1)[:, ::-1]
     allowed = math.floor(target_frr * good.size)
@@ -241,8 +187,8 @@ def calibrate(
     seed: int = 0,
 ) -> Calibration:
     """Thresholds for `target_frr` from validation scores of good parts (and of defects when known)."""
-    good = _as_scores(good_scores, "good")
-    bad = _as_scores(defective_scores, "defective") if defective_scores is not None else np.zeros(0)
+    good = as_scores(good_scores, "good")
+    bad = as_scores(defective_scores, "defective") if defective_scores is not None else np.zeros(0)
     threshold = threshold_for_frr(good, target_frr)
     low, high = normalisation_points(good, threshold, bad)
     provisional = Thresholds(threshold=threshold, score_low=low, score_high=high)

@@ -14,20 +14,19 @@
 
 from __future__ import annotations
 
-import argparse
-import json
 import os
-import sys
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from edge_inspect.sampling import stable_fraction
-from edge_inspect.training.datasets import Sample
+from edge_inspect.training.datasets import Sample, dataset_splits
 
 if TYPE_CHECKING:
+    from edge_inspect.models.package import ModelCard
     from edge_inspect.models.registry import RegistryStore
+    from edge_inspect.training.train_classifier import TrainConfig
 
 GOOD, DEFECT = "good", "defect"
 
@@ -80,8 +79,6 @@ def build_dataset(
 
     `test_data`'s test split joins the held-out images only (it is never trained on).
     """
-    from edge_inspect.training.train_classifier import dataset_splits
-
     line = line_samples(db)
     line_train = [s for rid, s in line if not held_out(rid, line_holdout)]
     line_test = [s for rid, s in line if held_out(rid, line_holdout)]
@@ -155,43 +152,75 @@ def serving_package_dir(registry: RegistryStore, name: str, cache_dir: Path) -> 
     return local_package_dir(registry, name, promotion.version, cache_dir)
 
 
-def retrain(args: argparse.Namespace) -> dict[str, Any]:
-    from edge_inspect.models.package import load_package
-    from edge_inspect.models.registry import open_registry, promote, publish
-    from edge_inspect.training.evaluate import evaluate_package
-    from edge_inspect.training.train_classifier import TrainConfig, train_classifier
+@dataclass(frozen=True)
+class RetrainOptions:
+    """What `edge-inspect retrain` was asked to do; None settings repeat the serving version's."""
 
-    registry = open_registry(args.registry, args.s3_endpoint)
-    serving_dir = serving_package_dir(registry, args.model_name, Path(args.workdir) / "model-cache")
-    serving_card = load_package(serving_dir).card
-    if serving_card.family != "classifier":
-        raise ValueError(
-            f"retrain supports the classifier family; {args.model_name} is {serving_card.family}"
-        )
-    base = serving_card.training.get("data") if args.base_data is None else args.base_data
-    base = None if base in (None, "none") else base
-    run_dir = Path(args.workdir) / datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
-    test_data = None if args.test_data in (None, "none") else args.test_data
-    dataset = build_dataset(Path(args.db), base, test_data, args.line_holdout, args.seed, run_dir / "dataset")
-    recipe = args.recipe or serving_card.training.get("recipe", "finetune")
-    config = TrainConfig(
+    registry: str
+    model_name: str
+    db: Path = Path("var/inspector/records.sqlite")
+    s3_endpoint: str | None = None
+    # 'elpv', a folder, 'none' for no previous data, None for the serving model's training data.
+    base_data: str | None = None
+    # Also compare on this data's test split ('elpv' or a folder; None or 'none' for no extra data).
+    test_data: str | None = None
+    line_holdout: float = 0.2
+    tolerance: float = 0.0
+    promote: bool = False
+    recipe: str | None = None
+    epochs: int | None = None
+    seed: int = 0
+    limit: int | None = None
+    workdir: Path = Path("var/retrain")
+    progress: bool = True
+
+
+def candidate_config(options: RetrainOptions, serving_card: ModelCard, run_dir: Path) -> TrainConfig:
+    """Training settings of the candidate: the serving version's recipe unless told otherwise."""
+    from edge_inspect.training.train_classifier import TrainConfig
+
+    recipe = options.recipe or serving_card.training.get("recipe", "finetune")
+    return TrainConfig(
         out=run_dir / "candidate",
         data=str(run_dir / "dataset"),
         recipe=recipe,
-        epochs=args.epochs or int(serving_card.training.get("epochs", 12)),
+        epochs=options.epochs or int(serving_card.training.get("epochs", 12)),
         input_size=serving_card.preprocess.height,
         **serving_recipe(serving_card.training) if recipe == serving_card.training.get("recipe") else {},
-        seed=args.seed,
-        limit=args.limit,
-        name=args.model_name,
-        progress=not args.no_progress,
+        seed=options.seed,
+        limit=options.limit,
+        name=options.model_name,
+        progress=options.progress,
     )
-    candidate = train_classifier(config)
+
+
+def retrain(options: RetrainOptions) -> dict[str, Any]:
+    """Build the dataset, train a candidate, compare it with the serving version and publish it if not
+    worse; returns what happened (dataset counts, both versions' metrics, the decision)."""
+    from edge_inspect.models.package import load_package
+    from edge_inspect.models.registry import open_registry, promote, publish
+    from edge_inspect.training.evaluate import evaluate_package
+    from edge_inspect.training.train_classifier import train_classifier
+
+    registry = open_registry(options.registry, options.s3_endpoint)
+    serving_dir = serving_package_dir(registry, options.model_name, options.workdir / "model-cache")
+    serving_card = load_package(serving_dir).card
+    if serving_card.family != "classifier":
+        raise ValueError(
+            f"retrain supports the classifier family; {options.model_name} is {serving_card.family}"
+        )
+    base = serving_card.training.get("data") if options.base_data is None else options.base_data
+    base = None if base in (None, "none") else base
+    run_dir = options.workdir / datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
+    test_data = None if options.test_data in (None, "none") else options.test_data
+    dataset = build_dataset(
+        options.db, base, test_data, options.line_holdout, options.seed, run_dir / "dataset"
+    )
+    candidate = train_classifier(candidate_config(options, serving_card, run_dir))
     held = str(run_dir / "dataset")
-    progress = not args.no_progress
-    serving_metrics = evaluate_package(serving_dir, data=held, split="test", progress=progress)
-    candidate_metrics = evaluate_package(candidate.path, data=held, split="test", progress=progress)
-    decision = decide(serving_metrics, candidate_metrics, args.tolerance)
+    serving_metrics = evaluate_package(serving_dir, data=held, split="test", progress=options.progress)
+    candidate_metrics = evaluate_package(candidate.path, data=held, split="test", progress=options.progress)
+    decision = decide(serving_metrics, candidate_metrics, options.tolerance)
     outcome: dict[str, Any] = {
         "dataset": dataset,
         "serving": {"version": serving_card.version, **_headline(serving_metrics)},
@@ -203,55 +232,11 @@ def retrain(args: argparse.Namespace) -> dict[str, Any]:
     if decision.publish:
         publish(registry, candidate.path)
         outcome["published"] = True
-        if args.promote:
-            promote(registry, args.model_name, candidate.card.version, by="retrain")
+        if options.promote:
+            promote(registry, options.model_name, candidate.card.version, by="retrain")
             outcome["promoted"] = True
     return outcome
 
 
 def _headline(metrics: dict[str, Any]) -> dict[str, Any]:
     return {k: metrics[k] for k in ("n", "accuracy", "f1", "auroc", "precision", "recall")}
-
-
-def _cli(args: argparse.Namespace) -> int:
-    try:
-        outcome = retrain(args)
-    except (ValueError, RuntimeError) as exc:
-        print(f"edge-inspect retrain: {exc}", file=sys.stderr)
-        return 2
-    print(outcome["decision"], file=sys.stderr)
-    print(json.dumps(outcome))
-    return 0 if outcome["published"] else 1
-
-
-def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser(
-        "retrain",
-        help="train a new version from the line's labelled parts; publish it only if not worse",
-        description=(__doc__ or "").split("\n\n", 1)[1],
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    p.add_argument("--db", default="var/inspector/records.sqlite", help="record store (default: %(default)s)")
-    p.add_argument("--registry", required=True, help="model registry: a directory or s3://BUCKET/PREFIX")
-    p.add_argument(
-        "--s3-endpoint", default=None, help="S3 endpoint URL (default: AWS_ENDPOINT_URL or AWS's own)"
-    )
-    p.add_argument("--model-name", required=True, help="the model to retrain (its promoted version serves)")
-    p.add_argument(
-        "--base-data",
-        default=None,
-        help="previous training data: 'elpv', a folder, or 'none' (default: the serving model's)",
-    )
-    p.add_argument(
-        "--test-data", default=None, help="also compare on this data's test split ('elpv' or a folder)"
-    )
-    p.add_argument("--line-holdout", type=float, default=0.2, help="share of line labels held out (0.2)")
-    p.add_argument("--tolerance", type=float, default=0.0, help="accuracy points the candidate may lose (0)")
-    p.add_argument("--promote", action="store_true", help="promote the new version when it is accepted")
-    p.add_argument("--recipe", default=None, help="training recipe (default: the serving model's)")
-    p.add_argument("--epochs", type=int, default=None, help="epochs (default: the serving model's)")
-    p.add_argument("--seed", type=int, default=0, help="split and training seed")
-    p.add_argument("--limit", type=int, default=None, help="at most N train and N val images (quick runs)")
-    p.add_argument("--workdir", default="var/retrain", help="datasets and candidates (default: %(default)s)")
-    p.add_argument("--no-progress", action="store_true", help="no progress bars")
-    p.set_defaults(handler=_cli)

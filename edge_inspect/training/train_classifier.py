@@ -1,4 +1,5 @@
-"""`edge-inspect train FAMILY`: train a model on a data set's train split and export a model package.
+"""Train the OK/NG classifier on a data set's train split and export a model package
+(`edge-inspect train classifier`, see `edge_inspect.cli.train`).
 
 The classifier family has two recipes. `finetune` fine-tunes the ImageNet EfficientNet-Lite0 (stem and
 first stages frozen) at 288 px with AdamW, warm-up + cosine schedule, class-balanced BCE and EL-safe
@@ -9,19 +10,18 @@ Data discipline: weights are fitted on `train`; checkpoint choice, the probe's r
 threshold use `val`; `test` is never read here. Every image passes through `preprocess`, the function
 the inspector uses, after augmentation of the raw uint8 image.
 
-Only stdlib and numpy are imported at module level: `edge-inspect --help` must work without torch.
+Only stdlib and numpy are imported at module level: the command line reads TrainConfig's defaults from
+here, and `edge-inspect --help` must work without torch.
 """
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
-from itertools import chain, zip_longest
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -29,17 +29,16 @@ import numpy as np
 
 from edge_inspect.inspector.preprocess import PreprocessRecipe, preprocess, preprocess_batch
 from edge_inspect.models.efficientnet_lite0 import CONFIG as LITE0
-from edge_inspect.models.families import get_family, known_families
-from edge_inspect.models.package import ModelPackage, ModelPackageError
+from edge_inspect.models.package import ModelPackage
 from edge_inspect.training.datasets import (
-    ELPV_VAL_FRACTION,
     Sample,
-    elpv_root,
-    elpv_split,
+    TrainingDataError,
+    dataset_splits,
     fingerprint,
-    stratified_split,
+    limit_samples,
+    load_images,
 )
-from edge_inspect.training.evaluate import best_threshold, compute_metrics, review_metrics
+from edge_inspect.training.metrics import best_threshold, compute_metrics, review_metrics
 
 if TYPE_CHECKING:
     import torch
@@ -47,7 +46,6 @@ if TYPE_CHECKING:
     from edge_inspect.models.classifier import DefectClassifier
 
 RECIPES = ("finetune", "linear-probe")
-IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff"})
 # Inverse regularisation strengths tried by the linear probe, chosen by validation AUROC.
 PROBE_C_GRID = (0.003, 0.01, 0.03, 0.1, 0.3)
 INFERENCE_BATCH = 32
@@ -55,10 +53,6 @@ INFERENCE_BATCH = 32
 # validation the linear probe's AUROC rose from 0.911 at 224 px to 0.923 at 300 px. 288 is a multiple
 # of the network's stride 32.
 FINETUNE_INPUT_SIZE = 288
-
-
-class TrainingDataError(ValueError):
-    """Data that cannot train the requested model."""
 
 
 @dataclass(frozen=True)
@@ -187,78 +181,7 @@ class ImageSet:
         return preprocess(image, self.recipe), self.targets[index], self.weights[index]
 
 
-# --- data -------------------------------------------------------------------------------------------
-
-
-def read_image(path: Path) -> np.ndarray:
-    """One image file as the camera would send it: (H, W) mono or (H, W, 3) BGR, uint8 or uint16."""
-    import cv2
-
-    image = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
-    if image is None:
-        raise TrainingDataError(f"cannot read image {path}: the file is missing or not an image")
-    if image.ndim == 3 and image.shape[2] == 4:
-        image = image[:, :, :3]
-    return image
-
-
-def load_images(samples: Sequence[Sample], progress: bool = True, desc: str = "read") -> list[np.ndarray]:
-    from tqdm import tqdm
-
-    return [read_image(s.path) for s in tqdm(samples, desc=desc, unit="img", disable=not progress)]
-
-
-def folder_samples(directory: Path) -> list[Sample]:
-    """Images under `directory/<class>/`: class `good` is OK, every other class name is a defect type."""
-    samples = []
-    for class_dir in sorted(p for p in directory.iterdir() if p.is_dir()):
-        good = class_dir.name == "good"
-        for path in sorted(class_dir.rglob("*")):
-            if path.suffix.lower() in IMAGE_SUFFIXES:
-                samples.append(Sample(path, 0.0 if good else 1.0, defect_type="" if good else class_dir.name))
-    return samples
-
-
-def folder_splits(root: Path, seed: int) -> dict[str, list[Sample]]:
-    """A folder in the common layout (train/good, train/<defect>, test/good, test/<defect>).
-
-    Validation takes a stratified share of train/, as ELPV's does; test/ stays the test split.
-    """
-    for part in ("train", "test"):
-        if not (root / part).is_dir():
-            raise TrainingDataError(
-                f"{root} is not a data folder: it needs {part}/good (and {part}/<defect> folders); "
-                "or pass --data elpv"
-            )
-    pool = folder_samples(root / "train")
-    keys = [s.defect_type or "good" for s in pool]
-    train, val = stratified_split(keys, ELPV_VAL_FRACTION, np.random.default_rng(seed))
-    return {
-        "train": [pool[i] for i in train],
-        "val": [pool[i] for i in val],
-        "test": folder_samples(root / "test"),
-    }
-
-
-def dataset_splits(data: str, seed: int) -> tuple[dict[str, list[Sample]], Path]:
-    """The train/val/test splits of `data` ('elpv' or a folder) and the root their paths are relative to."""
-    if data == "elpv":
-        return elpv_split(seed), elpv_root()
-    root = Path(data)
-    if not root.is_dir():
-        raise TrainingDataError(f"--data {data!r} is neither 'elpv' nor a folder")
-    return folder_splits(root, seed), root
-
-
-def limit_samples(samples: Sequence[Sample], limit: int | None, seed: int) -> list[Sample]:
-    """At most `limit` samples, alternating good and defective so that even a handful holds both classes."""
-    if limit is None or limit >= len(samples):
-        return list(samples)
-    order = np.random.default_rng(seed).permutation(len(samples))
-    good = [i for i in order if not samples[i].defective]
-    defective = [i for i in order if samples[i].defective]
-    alternating = [i for i in chain.from_iterable(zip_longest(good, defective)) if i is not None]
-    return [samples[i] for i in sorted(alternating[:limit])]
+# --- loss -------------------------------------------------------------------------------------------
 
 
 def balanced_weights(labels: np.ndarray) -> np.ndarray:
@@ -318,6 +241,53 @@ def warmup_cosine(total_steps: int) -> Callable[[int], float]:
     return factor
 
 
+def finetune_optimizer(model: DefectClassifier, config: TrainConfig) -> torch.optim.Optimizer:
+    """AdamW over the unfrozen backbone and the head, the head at `head_lr_scale` times the rate."""
+    import torch
+
+    head = list(model.head.parameters())
+    trainable = [p for p in model.backbone.parameters() if p.requires_grad]
+    return torch.optim.AdamW(
+        [
+            # No weight decay on biases and BatchNorm scales: shrinking them only hurts.
+            {"params": [p for p in trainable if p.ndim > 1], "lr": config.lr},
+            {"params": [p for p in trainable if p.ndim <= 1], "lr": config.lr, "weight_decay": 0.0},
+            {"params": head, "lr": config.lr * config.head_lr_scale},
+        ],
+        weight_decay=config.weight_decay,
+    )
+
+
+def train_epoch(
+    model: DefectClassifier,
+    loader: Iterable[tuple[torch.Tensor, torch.Tensor, torch.Tensor]],
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
+    desc: str,
+    progress: bool,
+) -> float:
+    """One pass over `loader` in training mode; returns the mean weighted BCE per image."""
+    import torch
+    import torch.nn.functional as F
+    from tqdm import tqdm
+
+    model.train()
+    total, count = 0.0, 0
+    bar = tqdm(loader, desc=desc, unit="batch", disable=not progress)
+    for images, targets, weights in bar:
+        logits = model.logits(images.contiguous(memory_format=torch.channels_last))
+        losses = F.binary_cross_entropy_with_logits(logits, targets, reduction="none")
+        loss = (losses * weights).sum() / weights.sum()
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        scheduler.step()
+        total += loss.detach().item() * len(images)
+        count += len(images)
+        bar.set_postfix(loss=f"{total / count:.4f}")
+    return total / max(count, 1)
+
+
 def finetune(
     model: DefectClassifier,
     train_images: Sequence[np.ndarray],
@@ -329,9 +299,7 @@ def finetune(
 ) -> dict[str, Any]:
     """Fine-tune in place; `model` ends with the weights of the best validation epoch."""
     import torch
-    import torch.nn.functional as F
     from torch.utils.data import DataLoader
-    from tqdm import tqdm
 
     model.freeze_backbone(config.frozen_stages)
     model.to(memory_format=torch.channels_last)
@@ -356,20 +324,9 @@ def finetune(
         num_workers=config.workers,
         generator=torch.Generator().manual_seed(config.seed),
     )
-    head = list(model.head.parameters())
-    trainable = [p for p in model.backbone.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(
-        [
-            # No weight decay on biases and BatchNorm scales: shrinking them only hurts.
-            {"params": [p for p in trainable if p.ndim > 1], "lr": config.lr},
-            {"params": [p for p in trainable if p.ndim <= 1], "lr": config.lr, "weight_decay": 0.0},
-            {"params": head, "lr": config.lr * config.head_lr_scale},
-        ],
-        weight_decay=config.weight_decay,
-    )
+    optimizer = finetune_optimizer(model, config)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(config.epochs * len(loader)))
     val_labels = np.array([s.defective for s in val_samples])
-    val_targets = val_labels.astype(np.float64)
     val_weights = balanced_weights(val_labels)
 
     history: list[dict[str, Any]] = []
@@ -379,28 +336,15 @@ def finetune(
     for epoch in range(1, config.epochs + 1):
         started = time.perf_counter()
         dataset.epoch = epoch
-        model.train()
-        total, count = 0.0, 0
-        bar = tqdm(loader, desc=f"epoch {epoch}/{config.epochs}", unit="batch", disable=not config.progress)
-        for images, targets, weights in bar:
-            logits = model.logits(images.contiguous(memory_format=torch.channels_last))
-            losses = F.binary_cross_entropy_with_logits(logits, targets, reduction="none")
-            loss = (losses * weights).sum() / weights.sum()
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            scheduler.step()
-            total += loss.detach().item() * len(images)
-            count += len(images)
-            bar.set_postfix(loss=f"{total / count:.4f}")
+        desc = f"epoch {epoch}/{config.epochs}"
+        train_loss = train_epoch(model, loader, optimizer, scheduler, desc, config.progress)
         model.eval()
         val_scores = run_batches(model, val_images, recipe, config.progress, "validate")
-        val_loss = weighted_bce(val_scores, val_targets, val_weights)
+        val_loss = weighted_bce(val_scores, val_labels.astype(np.float64), val_weights)
         val = compute_metrics(val_labels, val_scores, 0.5)
-        key = selection_key(val["auroc"], val_loss)
         record = {
             "epoch": epoch,
-            "train_loss": round(total / max(count, 1), 5),
+            "train_loss": round(train_loss, 5),
             "val_loss": round(val_loss, 5),
             "val_auroc": val["auroc"],
             "val_accuracy_at_0_5": round(val["accuracy"], 5),
@@ -409,6 +353,7 @@ def finetune(
         history.append(record)
         if config.progress:
             print(f"epoch {epoch}: {record}", file=sys.stderr)
+        key = selection_key(val["auroc"], val_loss)
         if best_key is None or key > best_key:
             best_key, best_epoch = key, epoch
             best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
@@ -472,50 +417,29 @@ def available_cores() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
-def train_classifier(config: TrainConfig) -> ModelPackage:
-    """Train on `config.data`'s train split, calibrate on val, export and return the model package."""
+def require_both_classes(data: str, part: str, samples: Sequence[Sample]) -> None:
+    n_defective = sum(s.defective for s in samples)
+    if n_defective in (0, len(samples)):
+        raise TrainingDataError(
+            f"the {part} split of {data} has {n_defective} defective and "
+            f"{len(samples) - n_defective} good images; the classifier needs both (for good-only "
+            "data use an anomaly-detection family)"
+        )
+
+
+def training_record(
+    config: TrainConfig,
+    train_samples: Sequence[Sample],
+    val_samples: Sequence[Sample],
+    root: Path,
+    train_seconds: float,
+    details: dict[str, Any],
+) -> dict[str, Any]:
+    """The card's `training` entry: data, recipe and versions, enough to repeat or audit the run."""
     import timm
     import torch
 
-    from edge_inspect.models.classifier import DihedralAverage, build_classifier
-    from edge_inspect.training.export import classifier_card, export_package, probability_thresholds
-
-    started = time.perf_counter()
-    torch.set_num_threads(config.threads or available_cores())
-    torch.manual_seed(config.seed)
-    splits, root = dataset_splits(config.data, config.seed)
-    train_samples = limit_samples(splits["train"], config.limit, config.seed)
-    val_samples = limit_samples(splits["val"], config.limit, config.seed)
-    for part, samples in (("train", train_samples), ("val", val_samples)):
-        n_defective = sum(s.defective for s in samples)
-        if n_defective in (0, len(samples)):
-            raise TrainingDataError(
-                f"the {part} split of {config.data} has {n_defective} defective and "
-                f"{len(samples) - n_defective} good images; the classifier needs both (for good-only "
-                "data use an anomaly-detection family)"
-            )
-    recipe = LITE0.recipe(config.resolved_input_size)
-    train_images = load_images(train_samples, config.progress, "read train")
-    val_images = load_images(val_samples, config.progress, "read val")
-
-    model = build_classifier(pretrained=True, dropout=config.dropout)
-    fit = finetune if config.recipe == "finetune" else linear_probe
-    details = fit(model, train_images, train_samples, val_images, val_samples, recipe, config)
-
-    model.eval()
-    # What is calibrated, evaluated and exported is the served model, views averaged or not.
-    served = DihedralAverage(model) if config.resolved_tta else model
-    val_scores = run_batches(served, val_images, recipe, config.progress, "calibrate")
-    val_labels = np.array([s.defective for s in val_samples])
-    threshold = config.threshold if config.threshold is not None else best_threshold(val_labels, val_scores)
-    thresholds = probability_thresholds(threshold, config.review_band)
-    train_seconds = time.perf_counter() - started
-    metrics = {
-        "split": "val",
-        **compute_metrics(val_labels, val_scores, threshold),
-        **review_metrics(val_labels, val_scores, thresholds),
-    }
-    training = {
+    return {
         "recipe": config.recipe,
         "data": config.data,
         "split_seed": config.seed,
@@ -544,6 +468,45 @@ def train_classifier(config: TrainConfig) -> ModelPackage:
         "timm": timm.__version__,
         **details,
     }
+
+
+def train_classifier(config: TrainConfig) -> ModelPackage:
+    """Train on `config.data`'s train split, calibrate on val, export and return the model package."""
+    import torch
+
+    from edge_inspect.models.classifier import DihedralAverage, build_classifier
+    from edge_inspect.training.export import classifier_card, export_package, probability_thresholds
+
+    started = time.perf_counter()
+    torch.set_num_threads(config.threads or available_cores())
+    torch.manual_seed(config.seed)
+    splits, root = dataset_splits(config.data, config.seed)
+    train_samples = limit_samples(splits["train"], config.limit, config.seed)
+    val_samples = limit_samples(splits["val"], config.limit, config.seed)
+    for part, samples in (("train", train_samples), ("val", val_samples)):
+        require_both_classes(config.data, part, samples)
+    recipe = LITE0.recipe(config.resolved_input_size)
+    train_images = load_images(train_samples, config.progress, "read train")
+    val_images = load_images(val_samples, config.progress, "read val")
+
+    model = build_classifier(pretrained=True, dropout=config.dropout)
+    fit = finetune if config.recipe == "finetune" else linear_probe
+    details = fit(model, train_images, train_samples, val_images, val_samples, recipe, config)
+
+    model.eval()
+    # What is calibrated, evaluated and exported is the served model, views averaged or not.
+    served = DihedralAverage(model) if config.resolved_tta else model
+    val_scores = run_batches(served, val_images, recipe, config.progress, "calibrate")
+    val_labels = np.array([s.defective for s in val_samples])
+    threshold = config.threshold if config.threshold is not None else best_threshold(val_labels, val_scores)
+    thresholds = probability_thresholds(threshold, config.review_band)
+    train_seconds = time.perf_counter() - started
+    metrics = {
+        "split": "val",
+        **compute_metrics(val_labels, val_scores, threshold),
+        **review_metrics(val_labels, val_scores, thresholds),
+    }
+    training = training_record(config, train_samples, val_samples, root, train_seconds, details)
     data_name = "elpv" if config.data == "elpv" else Path(config.data).name
     now = datetime.now(timezone.utc)
     card = classifier_card(
@@ -558,135 +521,3 @@ def train_classifier(config: TrainConfig) -> ModelPackage:
         print("exporting ONNX and checking it against torch…", file=sys.stderr)
     parity_images = preprocess_batch(list(val_images[:4]), recipe)
     return export_package(served, Path(config.out), card, parity_images)
-
-
-def format_summary(package: ModelPackage, seconds: float) -> str:
-    card = package.card
-    m = card.metrics
-    return (
-        f"model package {package.path} ({card.name} {card.version}, sha256 {card.onnx_sha256[:12]}…)\n"
-        f"val: accuracy {m['accuracy']:.4f}, f1 {m['f1']:.4f}, auroc {m['auroc']}, n {m['n']}; "
-        f"threshold {card.thresholds.threshold:.4f}, review band ±{card.thresholds.review_band}\n"
-        f"time: {card.training['train_seconds']:.0f} s training, {seconds:.0f} s in all"
-    )
-
-
-# --- command line -----------------------------------------------------------------------------------
-
-
-def train_classifier_command(args: argparse.Namespace) -> int:
-    from edge_inspect.training.export import ExportError
-
-    started = time.perf_counter()
-    try:
-        config = TrainConfig(
-            out=Path(args.out),
-            data=args.data,
-            recipe=args.recipe,
-            epochs=args.epochs,
-            input_size=args.input_size,
-            batch_size=args.batch_size,
-            lr=args.lr,
-            frozen_stages=args.frozen_stages,
-            seed=args.seed,
-            limit=args.limit,
-            threshold=args.threshold,
-            threads=args.threads,
-            tta=args.tta,
-            workers=args.workers,
-            name=args.name,
-            progress=not args.no_progress,
-        )
-        package = train_classifier(config)
-    except (TrainingDataError, ModelPackageError, ExportError, ValueError) as exc:
-        print(f"edge-inspect train classifier: {exc}", file=sys.stderr)
-        return 2
-    print(format_summary(package, time.perf_counter() - started))
-    return 0
-
-
-def add_classifier_arguments(parser: argparse.ArgumentParser) -> None:
-    defaults = TrainConfig(out=Path("."))
-    parser.add_argument(
-        "--data", default="elpv", help="'elpv' or a folder with train/ and test/ (default elpv)"
-    )
-    parser.add_argument("--out", required=True, help="directory for the model package")
-    parser.add_argument("--recipe", choices=RECIPES, default=defaults.recipe, help="default finetune")
-    parser.add_argument("--epochs", type=int, default=defaults.epochs, help=f"default {defaults.epochs}")
-    parser.add_argument(
-        "--input-size",
-        type=int,
-        default=None,
-        help=f"square input side in px (default {FINETUNE_INPUT_SIZE}; linear probe {LITE0.input_size})",
-    )
-    parser.add_argument("--batch-size", type=int, default=defaults.batch_size)
-    parser.add_argument(
-        "--lr", type=float, default=defaults.lr, help=f"backbone learning rate ({defaults.lr})"
-    )
-    parser.add_argument(
-        "--frozen-stages",
-        type=int,
-        default=defaults.frozen_stages,
-        help=f"finetune: stem + this many backbone stages keep their ImageNet weights "
-        f"(default {defaults.frozen_stages}; 0 freezes the stem only)",
-    )
-    parser.add_argument("--seed", type=int, default=defaults.seed, help="split and training seed")
-    parser.add_argument(
-        "--limit", type=int, default=None, help="at most N train and N val images (quick runs)"
-    )
-    parser.add_argument(
-        "--threshold", type=float, default=None, help="fixed threshold (default: tuned on val)"
-    )
-    parser.add_argument(
-        "--tta",
-        action=argparse.BooleanOptionalAction,
-        default=None,
-        help="average the 8 flips/rotations inside the exported model (default: on for finetune)",
-    )
-    parser.add_argument("--threads", type=int, default=0, help="torch threads (default: all cores)")
-    parser.add_argument("--workers", type=int, default=0, help="DataLoader worker processes (default 0)")
-    parser.add_argument("--name", default=None, help="model name in the card")
-    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
-
-
-def register_classifier_subcommand(families: argparse._SubParsersAction) -> None:
-    """Add `classifier` to the sub-parsers of `edge-inspect train` (the registry's `train_cli`)."""
-    parser = families.add_parser(
-        "classifier",
-        help="supervised OK/NG classifier (EfficientNet-Lite0), needs good and defective images",
-        description="Train the OK/NG classifier on the train split, calibrate on val, write a model package.",
-    )
-    add_classifier_arguments(parser)
-    parser.set_defaults(handler=train_classifier_command)
-
-
-def add_family_subcommands(parser: argparse.ArgumentParser) -> None:
-    families = parser.add_subparsers(dest="family", required=True, metavar="FAMILY")
-    for name in known_families():
-        get_family(name).load_train_cli()(families)
-
-
-def register(sub: argparse._SubParsersAction) -> None:
-    parser = sub.add_parser(
-        "train",
-        help="train a model and export a model package",
-        description=f"Train a model family ({', '.join(known_families())}) and write a model package "
-        "(model.onnx + model.json).",
-    )
-    add_family_subcommands(parser)
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """`python -m edge_inspect.training.train_classifier FAMILY ...`: train without the other commands."""
-    from edge_inspect.logs import setup_logging
-
-    parser = argparse.ArgumentParser(prog="python -m edge_inspect.training.train_classifier")
-    parser.add_argument("-v", "--verbose", action="count", default=0)
-    add_family_subcommands(parser)
-    args = parser.parse_args(argv)
-    setup_logging(args.verbose)
-    return int(args.handler(args) or 0)
-
-
-if __name__ == "__main__":
-    sys.exit(main())

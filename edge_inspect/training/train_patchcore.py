@@ -1,4 +1,4 @@
-"""`edge-inspect train patchcore`: fit a PatchCore memory bank on good images and package it.
+"""Fit a PatchCore memory bank on good images and package it (`edge-inspect train patchcore`).
 
 Data discipline: the bank sees only the good images of the train split (ELPV: defect probability 0;
 a folder: train/good). The validation split sets the threshold: its good images (label rule: defect
@@ -7,12 +7,12 @@ F1 in the report. For a folder in the common layout (train/good, test/good, test
 ground_truth/) validation is a held-out share of train/, so it holds good images only. The test split
 is never read here.
 
-Only stdlib and numpy are imported at module level: `edge-inspect --help` must work without torch.
+Only stdlib and numpy are imported at module level: the command line reads the defaults from here, and
+`edge-inspect --help` must work without torch.
 """
 
 from __future__ import annotations
 
-import argparse
 import sys
 import time
 from collections.abc import Iterator, Sequence
@@ -24,28 +24,23 @@ import numpy as np
 
 from edge_inspect.inspector.preprocess import PreprocessRecipe, preprocess_batch
 from edge_inspect.models.efficientnet_lite0 import CONFIG as LITE0
-from edge_inspect.models.package import (
-    ModelCard,
-    ModelPackage,
-    ModelPackageError,
-    load_package,
-)
+from edge_inspect.models.package import ModelCard, ModelPackage, Thresholds
 from edge_inspect.training.calibrate import DEFAULT_TARGET_FRR, calibrate
-from edge_inspect.training.datasets import Sample, fingerprint
-from edge_inspect.training.evaluate import compute_metrics, review_metrics
-from edge_inspect.training.train_classifier import (
+from edge_inspect.training.datasets import (
+    Sample,
     TrainingDataError,
-    available_cores,
     dataset_splits,
+    fingerprint,
     limit_samples,
     load_images,
-    run_batches,
 )
+from edge_inspect.training.metrics import compute_metrics, review_metrics
+from edge_inspect.training.train_classifier import available_cores, run_batches
 
 if TYPE_CHECKING:
     import torch
 
-    from edge_inspect.models.patchcore import PatchCore
+    from edge_inspect.models.patchcore import PatchCore, PatchCoreConfig
 
 FAMILY = "patchcore"
 FEATURE_BATCH = 32
@@ -161,6 +156,70 @@ def export_patchcore_package(
 # --- the whole run ----------------------------------------------------------------------------------
 
 
+def patchcore_config(
+    data: str,
+    input_size: int,
+    coreset_ratio: float,
+    seed: int,
+    levels: tuple[int, ...] | None,
+    neighbourhood: int | None,
+    flips: bool | None,
+) -> PatchCoreConfig:
+    """The model's configuration; None options keep PatchCoreConfig's defaults (flips: on for ELPV only)."""
+    from edge_inspect.models.patchcore import PatchCoreConfig
+
+    shape: dict[str, Any] = {"levels": levels} if levels else {}
+    if neighbourhood is not None:
+        shape["neighbourhood"] = neighbourhood
+    return PatchCoreConfig(
+        input_size=input_size,
+        coreset_ratio=coreset_ratio,
+        seed=seed,
+        flips=data == "elpv" if flips is None else flips,
+        **shape,
+    )
+
+
+def require_bank_and_good_val(
+    data: str, train_samples: Sequence[Sample], val_samples: Sequence[Sample]
+) -> None:
+    if not train_samples:
+        raise TrainingDataError(
+            f"the train split of {data} has no good images (defect probability 0, or train/good/); "
+            "PatchCore learns what good parts look like from them"
+        )
+    if all(s.defective for s in val_samples):
+        raise TrainingDataError(
+            f"the val split of {data} has {len(val_samples)} images and none is good; the threshold needs "
+            "good validation images (put more images in train/good/)"
+        )
+
+
+def patchcore_card(
+    data: str,
+    recipe: PreprocessRecipe,
+    thresholds: Thresholds,
+    metrics: dict[str, Any],
+    training: dict[str, Any],
+) -> ModelCard:
+    from edge_inspect.models.patchcore import MAP_OUTPUT
+
+    now = datetime.now(timezone.utc)
+    data_name = "elpv" if data == "elpv" else Path(data).name
+    return ModelCard(
+        name=f"{data_name}-{FAMILY}",
+        version=now.strftime("%Y%m%d.%H%M%S"),
+        family=FAMILY,
+        preprocess=recipe,
+        thresholds=thresholds,
+        map_output=MAP_OUTPUT,
+        classes=("anomaly",),
+        metrics=metrics,
+        training=training,
+        created_at=now.isoformat(timespec="seconds"),
+    )
+
+
 def train_patchcore(
     data: str,
     out: Path,
@@ -187,34 +246,16 @@ def train_patchcore(
     import timm
     import torch
 
-    from edge_inspect.models.patchcore import MAP_OUTPUT, PatchCoreConfig, build_patchcore
+    from edge_inspect.models.patchcore import build_patchcore
 
     started = time.perf_counter()
     torch.set_num_threads(threads or available_cores())
-    shape: dict[str, Any] = {"levels": levels} if levels else {}
-    if neighbourhood is not None:
-        shape["neighbourhood"] = neighbourhood
-    config = PatchCoreConfig(
-        input_size=input_size,
-        coreset_ratio=coreset_ratio,
-        seed=seed,
-        flips=data == "elpv" if flips is None else flips,
-        **shape,
-    )
+    config = patchcore_config(data, input_size, coreset_ratio, seed, levels, neighbourhood, flips)
     splits, root = dataset_splits(data, seed)
     train_samples = limit_samples(bank_samples(splits["train"]), limit, seed)
     val_samples = splits["val"]
     labels = np.array([s.defective for s in val_samples], dtype=bool)
-    if not train_samples:
-        raise TrainingDataError(
-            f"the train split of {data} has no good images (defect probability 0, or train/good/); "
-            "PatchCore learns what good parts look like from them"
-        )
-    if labels.all():
-        raise TrainingDataError(
-            f"the val split of {data} has {len(val_samples)} images and none is good; the threshold needs "
-            "good validation images (put more images in train/good/)"
-        )
+    require_bank_and_good_val(data, train_samples, val_samples)
     recipe = LITE0.recipe(input_size)
     model = build_patchcore(config=config).to(memory_format=torch.channels_last)
 
@@ -260,147 +301,8 @@ def train_patchcore(
         "torch": torch.__version__,
         "timm": timm.__version__,
     }
-    now = datetime.now(timezone.utc)
-    data_name = "elpv" if data == "elpv" else Path(data).name
-    card = ModelCard(
-        name=f"{data_name}-{FAMILY}",
-        version=now.strftime("%Y%m%d.%H%M%S"),
-        family=FAMILY,
-        preprocess=recipe,
-        thresholds=thresholds,
-        map_output=MAP_OUTPUT,
-        classes=("anomaly",),
-        metrics=metrics,
-        training=training,
-        created_at=now.isoformat(timespec="seconds"),
-    )
+    card = patchcore_card(data, recipe, thresholds, metrics, training)
     if progress:
         print("exporting ONNX and checking it against torch…", file=sys.stderr)
     parity_images = preprocess_batch(list(val_images[:PARITY_IMAGES]), recipe)
     return export_patchcore_package(model, Path(out), card, parity_images).path
-
-
-def format_summary(package: ModelPackage, seconds: float) -> str:
-    card = package.card
-    t = card.thresholds
-    calibration: dict[str, Any] = card.metrics["calibration"]
-    auroc = card.metrics.get("auroc")
-    lines = [
-        f"model package {package.path} ({card.name} {card.version}, sha256 {card.onnx_sha256[:12]}…)",
-        f"bank: {card.training['bank_size']} patches of {card.training['n_patches']} from "
-        f"{card.training['n_train']} good images; fitted in {card.training['fit_seconds']:.0f} s",
-        f"threshold {t.threshold:.4g} (normalised scale {t.score_low:.4g} … {t.score_high:.4g}, "
-        f"review band ±{t.review_band:.3f})",
-        calibration["statement"]
-        + (
-            f"; showing {calibration['target_frr'] * 100:g} % needs {calibration['n_good_needed']} good "
-            "images with none rejected"
-            if calibration["n_good"] < calibration["n_good_needed"]
-            else ""
-        ),
-        f"val AUROC {'n/a (no defects in val)' if auroc is None else f'{auroc:.4f}'}"
-        + (
-            ""
-            if calibration["miss_rate"] is None
-            else f", miss rate at the threshold {calibration['miss_rate']:.1%}"
-        ),
-        f"time: {card.training['train_seconds']:.0f} s training, {seconds:.0f} s in all",
-    ]
-    return "\n".join(lines)
-
-
-# --- command line -----------------------------------------------------------------------------------
-
-
-def train_patchcore_command(args: argparse.Namespace) -> int:
-    """Handler of `edge-inspect train patchcore`."""
-    from edge_inspect.training.export import ExportError
-
-    started = time.perf_counter()
-    try:
-        path = train_patchcore(
-            args.data,
-            Path(args.out),
-            input_size=args.input_size,
-            coreset_ratio=args.coreset_ratio,
-            seed=args.seed,
-            limit=args.limit,
-            progress=not args.no_progress,
-            target_frr=args.target_frr,
-            threads=args.threads,
-            levels=args.levels,
-            neighbourhood=args.neighbourhood,
-            flips=args.flips,
-        )
-        package = load_package(path)
-    except (TrainingDataError, ModelPackageError, ExportError, ValueError) as exc:
-        print(f"edge-inspect train patchcore: {exc}", file=sys.stderr)
-        return 2
-    print(format_summary(package, time.perf_counter() - started))
-    return 0
-
-
-def parse_levels(text: str) -> tuple[int, ...]:
-    try:
-        return tuple(int(part) for part in text.split(","))
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"levels {text!r} must be comma-separated integers, e.g. 4,5"
-        ) from None
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--data", default="elpv", help="'elpv' or a folder with train/good, test/... (default elpv)"
-    )
-    parser.add_argument("--out", required=True, help="directory for the model package")
-    parser.add_argument(
-        "--input-size", type=int, default=LITE0.input_size, help=f"square input side, px ({LITE0.input_size})"
-    )
-    parser.add_argument(
-        "--coreset-ratio",
-        type=float,
-        default=DEFAULT_CORESET_RATIO,
-        help=f"share of training patches kept in the memory bank, capped ({DEFAULT_CORESET_RATIO})",
-    )
-    parser.add_argument("--seed", type=int, default=0, help="split, projection and coreset seed (0)")
-    parser.add_argument("--limit", type=int, default=None, help="at most N good training images (quick runs)")
-    parser.add_argument(
-        "--target-frr",
-        type=float,
-        default=DEFAULT_TARGET_FRR,
-        help=f"false-reject rate on good validation parts the threshold aims at ({DEFAULT_TARGET_FRR})",
-    )
-    parser.add_argument(
-        "--levels",
-        type=parse_levels,
-        default=None,
-        help="backbone feature levels, comma-separated, level k = stride 2**k (default 4,5)",
-    )
-    parser.add_argument(
-        "--neighbourhood",
-        type=int,
-        default=None,
-        help="average each patch descriptor over its n x n neighbours, odd n (default 1: none)",
-    )
-    parser.add_argument(
-        "--flips",
-        action=argparse.BooleanOptionalAction,
-        default=None,
-        help="mirror views in the bank and averaged maps (default: on for ELPV, off for folders, where a "
-        "mirrored part may be a defect)",
-    )
-    parser.add_argument("--threads", type=int, default=0, help="torch threads (default: all cores)")
-    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
-
-
-def register_train_subcommand(train_subparsers: argparse._SubParsersAction) -> None:
-    """Add `patchcore` to the sub-parsers of `edge-inspect train` (the registry's `train_cli`)."""
-    parser = train_subparsers.add_parser(
-        FAMILY,
-        help="good-only anomaly detection (PatchCore on EfficientNet-Lite0 features)",
-        description="Fit a PatchCore memory bank on good images, calibrate the threshold on validation "
-        "images and write a model package with an anomaly map.",
-    )
-    add_arguments(parser)
-    parser.set_defaults(handler=train_patchcore_command)

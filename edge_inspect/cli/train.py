@@ -1,0 +1,264 @@
+"""`edge-inspect train FAMILY`: train a model family and write a model package.
+
+Each family of the registry (`models.families`) names its subcommand here by its `train_cli` entry.
+Parsers read defaults from the training modules, which import only stdlib and numpy at module level;
+torch is imported by the training functions the handlers call.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+from edge_inspect.models.efficientnet_lite0 import CONFIG as LITE0
+from edge_inspect.models.families import get_family, known_families
+from edge_inspect.models.package import ModelPackage, ModelPackageError, load_package
+from edge_inspect.training.calibrate import DEFAULT_TARGET_FRR
+from edge_inspect.training.datasets import TrainingDataError
+from edge_inspect.training.train_classifier import FINETUNE_INPUT_SIZE, RECIPES, TrainConfig
+from edge_inspect.training.train_patchcore import DEFAULT_CORESET_RATIO
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    parser = sub.add_parser(
+        "train",
+        help="train a model and export a model package",
+        description=f"Train a model family ({', '.join(known_families())}) and write a model package "
+        "(model.onnx + model.json).",
+    )
+    families = parser.add_subparsers(dest="family", required=True, metavar="FAMILY")
+    for name in known_families():
+        get_family(name).load_train_cli()(families)
+
+
+# --- classifier -------------------------------------------------------------------------------------
+
+
+def register_classifier(families: argparse._SubParsersAction) -> None:
+    """Add `classifier` to the sub-parsers of `edge-inspect train` (the registry's `train_cli`)."""
+    parser = families.add_parser(
+        "classifier",
+        help="supervised OK/NG classifier (EfficientNet-Lite0), needs good and defective images",
+        description="Train the OK/NG classifier on the train split, calibrate on val, write a model package.",
+    )
+    add_classifier_arguments(parser)
+    parser.set_defaults(handler=train_classifier_command)
+
+
+def add_classifier_arguments(parser: argparse.ArgumentParser) -> None:
+    defaults = TrainConfig(out=Path("."))
+    parser.add_argument(
+        "--data", default="elpv", help="'elpv' or a folder with train/ and test/ (default elpv)"
+    )
+    parser.add_argument("--out", required=True, help="directory for the model package")
+    parser.add_argument("--recipe", choices=RECIPES, default=defaults.recipe, help="default finetune")
+    parser.add_argument("--epochs", type=int, default=defaults.epochs, help=f"default {defaults.epochs}")
+    parser.add_argument(
+        "--input-size",
+        type=int,
+        default=None,
+        help=f"square input side in px (default {FINETUNE_INPUT_SIZE}; linear probe {LITE0.input_size})",
+    )
+    parser.add_argument("--batch-size", type=int, default=defaults.batch_size)
+    parser.add_argument(
+        "--lr", type=float, default=defaults.lr, help=f"backbone learning rate ({defaults.lr})"
+    )
+    parser.add_argument(
+        "--frozen-stages",
+        type=int,
+        default=defaults.frozen_stages,
+        help=f"finetune: stem + this many backbone stages keep their ImageNet weights "
+        f"(default {defaults.frozen_stages}; 0 freezes the stem only)",
+    )
+    parser.add_argument("--seed", type=int, default=defaults.seed, help="split and training seed")
+    parser.add_argument(
+        "--limit", type=int, default=None, help="at most N train and N val images (quick runs)"
+    )
+    parser.add_argument(
+        "--threshold", type=float, default=None, help="fixed threshold (default: tuned on val)"
+    )
+    parser.add_argument(
+        "--tta",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="average the 8 flips/rotations inside the exported model (default: on for finetune)",
+    )
+    parser.add_argument("--threads", type=int, default=0, help="torch threads (default: all cores)")
+    parser.add_argument("--workers", type=int, default=0, help="DataLoader worker processes (default 0)")
+    parser.add_argument("--name", default=None, help="model name in the card")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+
+def classifier_config(args: argparse.Namespace) -> TrainConfig:
+    return TrainConfig(
+        out=Path(args.out),
+        data=args.data,
+        recipe=args.recipe,
+        epochs=args.epochs,
+        input_size=args.input_size,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        frozen_stages=args.frozen_stages,
+        seed=args.seed,
+        limit=args.limit,
+        threshold=args.threshold,
+        threads=args.threads,
+        tta=args.tta,
+        workers=args.workers,
+        name=args.name,
+        progress=not args.no_progress,
+    )
+
+
+def train_classifier_command(args: argparse.Namespace) -> int:
+    from edge_inspect.training.export import ExportError
+    from edge_inspect.training.train_classifier import train_classifier
+
+    started = time.perf_counter()
+    try:
+        package = train_classifier(classifier_config(args))
+    except (TrainingDataError, ModelPackageError, ExportError, ValueError) as exc:
+        print(f"edge-inspect train classifier: {exc}", file=sys.stderr)
+        return 2
+    print(classifier_summary(package, time.perf_counter() - started))
+    return 0
+
+
+def classifier_summary(package: ModelPackage, seconds: float) -> str:
+    card = package.card
+    m = card.metrics
+    return (
+        f"model package {package.path} ({card.name} {card.version}, sha256 {card.onnx_sha256[:12]}…)\n"
+        f"val: accuracy {m['accuracy']:.4f}, f1 {m['f1']:.4f}, auroc {m['auroc']}, n {m['n']}; "
+        f"threshold {card.thresholds.threshold:.4f}, review band ±{card.thresholds.review_band}\n"
+        f"time: {card.training['train_seconds']:.0f} s training, {seconds:.0f} s in all"
+    )
+
+
+# --- patchcore --------------------------------------------------------------------------------------
+
+
+def register_patchcore(families: argparse._SubParsersAction) -> None:
+    """Add `patchcore` to the sub-parsers of `edge-inspect train` (the registry's `train_cli`)."""
+    parser = families.add_parser(
+        "patchcore",
+        help="good-only anomaly detection (PatchCore on EfficientNet-Lite0 features)",
+        description="Fit a PatchCore memory bank on good images, calibrate the threshold on validation "
+        "images and write a model package with an anomaly map.",
+    )
+    add_patchcore_arguments(parser)
+    parser.set_defaults(handler=train_patchcore_command)
+
+
+def parse_levels(text: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(part) for part in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"levels {text!r} must be comma-separated integers, e.g. 4,5"
+        ) from None
+
+
+def add_patchcore_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--data", default="elpv", help="'elpv' or a folder with train/good, test/... (default elpv)"
+    )
+    parser.add_argument("--out", required=True, help="directory for the model package")
+    parser.add_argument(
+        "--input-size", type=int, default=LITE0.input_size, help=f"square input side, px ({LITE0.input_size})"
+    )
+    parser.add_argument(
+        "--coreset-ratio",
+        type=float,
+        default=DEFAULT_CORESET_RATIO,
+        help=f"share of training patches kept in the memory bank, capped ({DEFAULT_CORESET_RATIO})",
+    )
+    parser.add_argument("--seed", type=int, default=0, help="split, projection and coreset seed (0)")
+    parser.add_argument("--limit", type=int, default=None, help="at most N good training images (quick runs)")
+    parser.add_argument(
+        "--target-frr",
+        type=float,
+        default=DEFAULT_TARGET_FRR,
+        help=f"false-reject rate on good validation parts the threshold aims at ({DEFAULT_TARGET_FRR})",
+    )
+    parser.add_argument(
+        "--levels",
+        type=parse_levels,
+        default=None,
+        help="backbone feature levels, comma-separated, level k = stride 2**k (default 4,5)",
+    )
+    parser.add_argument(
+        "--neighbourhood",
+        type=int,
+        default=None,
+        help="average each patch descriptor over its n x n neighbours, odd n (default 1: none)",
+    )
+    parser.add_argument(
+        "--flips",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="mirror views in the bank and averaged maps (default: on for ELPV, off for folders, where a "
+        "mirrored part may be a defect)",
+    )
+    parser.add_argument("--threads", type=int, default=0, help="torch threads (default: all cores)")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+
+def train_patchcore_command(args: argparse.Namespace) -> int:
+    """Handler of `edge-inspect train patchcore`."""
+    from edge_inspect.training.export import ExportError
+    from edge_inspect.training.train_patchcore import train_patchcore
+
+    started = time.perf_counter()
+    try:
+        path = train_patchcore(
+            args.data,
+            Path(args.out),
+            input_size=args.input_size,
+            coreset_ratio=args.coreset_ratio,
+            seed=args.seed,
+            limit=args.limit,
+            progress=not args.no_progress,
+            target_frr=args.target_frr,
+            threads=args.threads,
+            levels=args.levels,
+            neighbourhood=args.neighbourhood,
+            flips=args.flips,
+        )
+        package = load_package(path)
+    except (TrainingDataError, ModelPackageError, ExportError, ValueError) as exc:
+        print(f"edge-inspect train patchcore: {exc}", file=sys.stderr)
+        return 2
+    print(patchcore_summary(package, time.perf_counter() - started))
+    return 0
+
+
+def patchcore_summary(package: ModelPackage, seconds: float) -> str:
+    card = package.card
+    t = card.thresholds
+    calibration = card.metrics["calibration"]
+    auroc = card.metrics.get("auroc")
+    lines = [
+        f"model package {package.path} ({card.name} {card.version}, sha256 {card.onnx_sha256[:12]}…)",
+        f"bank: {card.training['bank_size']} patches of {card.training['n_patches']} from "
+        f"{card.training['n_train']} good images; fitted in {card.training['fit_seconds']:.0f} s",
+        f"threshold {t.threshold:.4g} (normalised scale {t.score_low:.4g} … {t.score_high:.4g}, "
+        f"review band ±{t.review_band:.3f})",
+        calibration["statement"]
+        + (
+            f"; showing {calibration['target_frr'] * 100:g} % needs {calibration['n_good_needed']} good "
+            "images with none rejected"
+            if calibration["n_good"] < calibration["n_good_needed"]
+            else ""
+        ),
+        f"val AUROC {'n/a (no defects in val)' if auroc is None else f'{auroc:.4f}'}"
+        + (
+            ""
+            if calibration["miss_rate"] is None
+            else f", miss rate at the threshold {calibration['miss_rate']:.1%}"
+        ),
+        f"time: {card.training['train_seconds']:.0f} s training, {seconds:.0f} s in all",
+    ]
+    return "\n".join(lines)
