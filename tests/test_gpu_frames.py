@@ -5,13 +5,13 @@ from __future__ import annotations
 
 import subprocess
 import sys
-from dataclasses import replace
 from pathlib import Path
 
 import cv2
 import numpy as np
 import pytest
 import torch
+from msgspec.structs import replace
 
 from edge_inspect.bus.contracts import ContractError, FrameHeader
 from edge_inspect.inspector.device.gpu_frames import PinnedStaging, decode_jpeg_batch
