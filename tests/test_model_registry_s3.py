@@ -126,12 +126,12 @@ def test_cli_publish_list_promote_rollback(
     def models(*args: str) -> int:
         return main(["models", "--registry", url(bucket), "--s3-endpoint", s3_endpoint, *args])
 
-    assert models("publish", str(packages["1"]), "--promote") == 0
-    assert models("publish", str(packages["2"])) == 0
+    assert models("publish", str(packages["1"]), "--promote", "--by", "qe-anna") == 0
+    assert models("publish", str(packages["2"]), "--by", "ci-pipeline") == 0
     assert capsys.readouterr().out.splitlines() == [
-        f"published {NAME} 1 -> {url(bucket)}",
+        f"published {NAME} 1 -> {url(bucket)} (by qe-anna)",
         f"promoted {NAME} 1",
-        f"published {NAME} 2 -> {url(bucket)}",
+        f"published {NAME} 2 -> {url(bucket)} (by ci-pipeline)",
     ]
     assert models("list") == 0
     listed = capsys.readouterr().out.splitlines()

@@ -16,6 +16,8 @@ FLAG_KEYS: dict[str, str] = {
     "registry_poll": "model.poll_s",
     "bind": "bus.bind",
     "results": "bus.results",
+    "curve_secret_key": "bus.curve_secret_key",
+    "allowed_keys_dir": "bus.allowed_keys_dir",
     "max_batch": "batching.max_batch",
     "max_wait_ms": "batching.max_wait_ms",
     "queue_depth": "batching.queue_depth",
@@ -114,6 +116,17 @@ def register(sub: argparse._SubParsersAction) -> None:
     bus.add_argument("--bind", help="frame bus endpoint to bind (default tcp://127.0.0.1:5555) [bind]")
     bus.add_argument(
         "--results", help="PUB endpoint for results, '' disables (default tcp://127.0.0.1:5556) [results]"
+    )
+    bus.add_argument(
+        "--curve-secret-key",
+        metavar="FILE",
+        help="the inspector's CURVE secret key (NAME.key_secret from `edge-inspect keys`); required when "
+        "binding anything but loopback [curve_secret_key]",
+    )
+    bus.add_argument(
+        "--allowed-keys-dir",
+        metavar="DIR",
+        help="public keys (NAME.key) of the cameras and subscribers allowed to connect [allowed_keys_dir]",
     )
     batching = p.add_argument_group("batching [batching]")
     batching.add_argument("--max-batch", type=int, help="largest micro-batch (default 8) [max_batch]")

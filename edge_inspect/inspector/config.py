@@ -28,6 +28,7 @@ from pydantic import (
     model_validator,
 )
 
+from edge_inspect.bus.security import is_loopback
 from edge_inspect.inspector.rules import QualityRules
 
 if sys.version_info >= (3, 11):
@@ -66,9 +67,39 @@ class ModelSource(Section):
 
 
 class BusConfig(Section):
+    """Where cameras connect and results are published. Binding anything but loopback requires CURVE:
+    `curve_secret_key` (the inspector's NAME.key_secret) and `allowed_keys_dir` (the public NAME.key of
+    every camera and results subscriber it accepts), both made by `edge-inspect keys`."""
+
     bind: str = "tcp://127.0.0.1:5555"
     # PUB endpoint for results; "" or none disables it.
     results: str | None = "tcp://127.0.0.1:5556"
+    # Larger frame messages are refused by ZeroMQ before they are buffered.
+    max_message_mb: float = Field(64.0, gt=0, le=4096)
+    # Distinct camera ids the inspector keeps state for (queues, sequence numbers, metric series); frames
+    # from further ids are refused and counted (`too_many_cameras`).
+    max_cameras: int = Field(64, ge=1, le=10_000)
+    curve_secret_key: Path | None = None
+    allowed_keys_dir: Path | None = None
+
+    @model_validator(mode="after")
+    def _authenticated_beyond_loopback(self) -> BusConfig:
+        if (self.curve_secret_key is None) != (self.allowed_keys_dir is None):
+            raise ValueError("bus.curve_secret_key and bus.allowed_keys_dir go together (edge-inspect keys)")
+        exposed = [
+            endpoint for endpoint in (self.bind, self.results) if endpoint and not is_loopback(endpoint)
+        ]
+        if exposed and self.curve_secret_key is None:
+            raise ValueError(
+                f"{', '.join(exposed)} is reachable from the network, so the bus must be authenticated: set "
+                "bus.curve_secret_key and bus.allowed_keys_dir (make keys with `edge-inspect keys`), or bind "
+                "tcp://127.0.0.1"
+            )
+        return self
+
+    @property
+    def authenticated(self) -> bool:
+        return self.curve_secret_key is not None
 
 
 class BatchingConfig(Section):
@@ -272,7 +303,7 @@ def _describe(
     for error in exc.errors():
         loc = tuple(str(part) for part in error["loc"])
         key = ".".join(loc) if loc else "(top level)"
-        message = error["msg"]
+        message = error["msg"].removeprefix("Value error, ")
         if error["type"] == "extra_forbidden":
             message = f"unknown key; {_known_keys(loc[:-1])}"
         elif error["type"] == "missing" and loc == ("model",):

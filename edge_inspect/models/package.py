@@ -64,6 +64,11 @@ class ModelCard:
     training: dict[str, Any] = field(default_factory=dict)
     onnx_sha256: str = ""
     created_at: str = ""
+    # Who published this version to a registry, and when (models/registry.py `publish`).
+    published_by: str = ""
+    published_at: str = ""
+    # ed25519 signature block (models/signing.py): who vouched for this card, when, with which key.
+    signature: dict[str, str] | None = None
     schema: int = CARD_SCHEMA_VERSION
 
     def to_dict(self) -> dict[str, Any]:
@@ -119,10 +124,15 @@ def write_package(directory: Path, onnx_bytes_path: Path, card: ModelCard) -> Mo
     if onnx_bytes_path.resolve() != target.resolve():
         os.replace(onnx_bytes_path, target)
     sealed = ModelCard.from_dict({**card.to_dict(), "onnx_sha256": sha256_file(target)})
-    tmp = directory / (CARD_NAME + ".tmp")
-    tmp.write_text(sealed.to_json())
-    os.replace(tmp, directory / CARD_NAME)
+    write_card(directory, sealed)
     return ModelPackage(directory, sealed)
+
+
+def write_card(directory: Path, card: ModelCard) -> None:
+    """Replace a package's `model.json` atomically (a reader sees the old card or the new one)."""
+    tmp = directory / (CARD_NAME + ".tmp")
+    tmp.write_text(card.to_json())
+    os.replace(tmp, directory / CARD_NAME)
 
 
 def load_package(directory: str | Path) -> ModelPackage:

@@ -28,6 +28,7 @@ import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -395,11 +396,25 @@ def _check_part(kind: str, value: str) -> str:
     return value
 
 
-def publish(registry: RegistryLocation, package_dir: Path, version: str | None = None) -> ModelCard:
-    """Publish a verified package under its card's name and version (or `version`); returns the card as
-    published."""
+def publish(
+    registry: RegistryLocation,
+    package_dir: Path,
+    version: str | None = None,
+    by: str = "cli",
+    sign: Callable[[ModelCard], ModelCard] | None = None,
+) -> ModelCard:
+    """Publish a verified package under its card's name and version (or `version`), recording who published
+    it and when; `sign` signs the card as published (models/signing.py). Returns the card as published."""
     package = load_package(package_dir)
-    card = package.card if version is None else dataclasses.replace(package.card, version=version)
+    card = dataclasses.replace(
+        package.card,
+        version=package.card.version if version is None else version,
+        published_by=by,
+        published_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        signature=None,
+    )
+    if sign is not None:
+        card = sign(card)
     _check_part("model name", card.name)
     _check_part("version", card.version)
     open_registry(registry).add_version(package.onnx_path, card)
