@@ -375,6 +375,36 @@ class RecordStore:
                 for result_id in result_ids
             )
 
+    # Retention (sinks/retention.py) ----------------------------------------------------------------------
+
+    def forget_images_under(self, prefix: str) -> int:
+        """Clear `image_path` of every result whose image lies under `prefix` (a pruned archive day)."""
+        with self._write() as conn:
+            escaped = prefix.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+            return conn.execute(
+                "UPDATE results SET image_path = NULL,"
+                " result_json = json_set(result_json, '$.image_path', NULL)"
+                " WHERE image_path LIKE ? ESCAPE '\\'",
+                (escaped + "%",),
+            ).rowcount
+
+    def delete_settled_before(self, cutoff_ns: int) -> int:
+        """Delete results captured before `cutoff_ns` that nothing depends on any more: their MES delivery
+        is done (or was never queued) and no label points at them (labels are training data)."""
+        with self._write() as conn:
+            conn.execute(
+                "DELETE FROM outbox WHERE state = 'delivered' AND result_id IN "
+                "(SELECT result_id FROM results WHERE t_capture_ns < ?"
+                " AND result_id NOT IN (SELECT result_id FROM labels))",
+                (cutoff_ns,),
+            )
+            return conn.execute(
+                "DELETE FROM results WHERE t_capture_ns < ?"
+                " AND result_id NOT IN (SELECT result_id FROM outbox)"
+                " AND result_id NOT IN (SELECT result_id FROM labels)",
+                (cutoff_ns,),
+            ).rowcount
+
     def count_pending(self) -> int:
         # Counted through the (state, next_attempt_ns) index: cheap however many delivered rows there are.
         return self._conn.execute("SELECT COUNT(*) FROM outbox WHERE state = 'pending'").fetchone()[0]
