@@ -283,3 +283,15 @@ def test_records_command_errors(tmp_path: Path, capsys: pytest.CaptureFixture[st
     assert not (tmp_path / "missing.db").exists()
     with pytest.raises(SystemExit):
         records_args(tmp_path / "missing.db", "--since", "yesterday")
+
+
+def test_archive_names_stay_within_file_system_limits_for_any_id(store: RecordStore) -> None:
+    image = np.zeros((4, 4), np.uint8)
+    long_ids = ["😀" * 40, "😀" * 40 + "x", "検" * 100, "a" * 300]
+    paths = [
+        Path(store.archive_image(make_result(i, camera_id=camera), image))
+        for i, camera in enumerate(long_ids)
+    ]
+    assert all(path.is_file() for path in paths)
+    assert all(len(part.encode()) <= 255 for path in paths for part in path.parts)
+    assert len({path.parent for path in paths}) == len(long_ids)  # distinct ids stay distinct

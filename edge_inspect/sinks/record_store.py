@@ -11,6 +11,7 @@ a second writer wait for the first instead of failing.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import sqlite3
@@ -474,8 +475,20 @@ def _split_statements(script: str) -> list[str]:
     return [statement.strip() for statement in script.split(";") if statement.strip()]
 
 
+# File systems allow 255 bytes a name; ids in other scripts triple in length when percent-encoded.
+MAX_NAME_BYTES = 200
+
+
 def _path_component(text: str) -> str:
-    """A reversible, file-system-safe name: percent-encoding keeps distinct ids distinct."""
+    """A file-system-safe name: percent-encoding keeps distinct ids distinct; a name too long for the file
+    system keeps its beginning and gets a hash of the whole id, so it stays distinct."""
     encoded = quote(text, safe="")
     # quote() leaves dots alone; a leading one would make "." / ".." or a hidden file.
-    return "%2E" + encoded[1:] if encoded.startswith(".") else encoded
+    encoded = "%2E" + encoded[1:] if encoded.startswith(".") else encoded
+    if len(encoded) <= MAX_NAME_BYTES:
+        return encoded
+    digest = hashlib.sha256(text.encode()).hexdigest()[:16]
+    head = encoded[: MAX_NAME_BYTES - len(digest) - 1]
+    if "%" in head[-2:]:  # never cut an escape in half
+        head = head[: head.rindex("%")]
+    return f"{head}~{digest}"
