@@ -623,7 +623,7 @@ def test_mes_config_checks_files_and_secrets_at_start_up(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     url = "https://mes.example/results"
-    with pytest.raises(ConfigError, match=r"mes\.ca_file: Value error, .*missing\.pem is not a file"):
+    with pytest.raises(ConfigError, match=r"mes\.ca_file: .*missing\.pem is not a file"):
         build_config(
             {"model": {"package": "m"}, "mes": {"url": url, "ca_file": str(tmp_path / "missing.pem")}}
         )

@@ -71,10 +71,14 @@ def _serve(args: argparse.Namespace) -> int:
     if args.print_config:
         print(to_toml(config), end="")
         return 0
-    from edge_inspect.inspector.service import run_until_signalled
+    from edge_inspect.inspector.service import StageCrashed, run_until_signalled
 
     try:
         summary = run_until_signalled(config, args.seconds)
+    except StageCrashed as exc:
+        # Exit code 3: not a configuration problem; the supervisor should restart the service.
+        print(f"edge-inspect serve: {exc}", file=sys.stderr)
+        return 3
     except (ModelPackageError, ValueError, RuntimeError, OSError) as exc:
         # Start-up failures (bad package, busy port, nothing promoted) are the operator's to fix.
         print(f"edge-inspect serve: {exc}", file=sys.stderr)

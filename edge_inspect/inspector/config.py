@@ -45,6 +45,25 @@ class Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+def _existing_file(path: Path | None) -> Path | None:
+    if path is not None and not path.is_file():
+        raise ValueError(f"{path} is not a file (missing, or a directory); check the path")
+    return path
+
+
+# A file that must exist when the inspector starts; the error names the key (mes.ca_file: ...).
+ExistingFile = Annotated[Path | None, AfterValidator(_existing_file)]
+
+
+def _existing_dir(path: Path | None) -> Path | None:
+    if path is not None and not path.is_dir():
+        raise ValueError(f"{path} is not a directory (missing, or a file); check the path")
+    return path
+
+
+ExistingDir = Annotated[Path | None, AfterValidator(_existing_dir)]
+
+
 class ModelSource(Section):
     """`package` serves one fixed package; `registry` (a directory or `s3://bucket/prefix`) + `name`
     serve the promoted version and follow promotions (checked every `poll_s`)."""
@@ -54,6 +73,9 @@ class ModelSource(Section):
     registry: str | None = None
     name: str | None = None
     poll_s: float = Field(2.0, gt=0)
+    # An ed25519 public key (NAME.pub.pem from `edge-inspect models signing-key`): serve only packages
+    # signed with its private key, refusing unsigned or altered ones.
+    trust_key: ExistingFile = None
 
     @model_validator(mode="after")
     def _one_source(self) -> ModelSource:
@@ -79,8 +101,8 @@ class BusConfig(Section):
     # Distinct camera ids the inspector keeps state for (queues, sequence numbers, metric series); frames
     # from further ids are refused and counted (`too_many_cameras`).
     max_cameras: int = Field(64, ge=1, le=10_000)
-    curve_secret_key: Path | None = None
-    allowed_keys_dir: Path | None = None
+    curve_secret_key: ExistingFile = None
+    allowed_keys_dir: ExistingDir = None
 
     @model_validator(mode="after")
     def _authenticated_beyond_loopback(self) -> BusConfig:
@@ -132,19 +154,30 @@ class RecordsConfig(Section):
 
 
 class MetricsConfig(Section):
+    """The HTTP endpoint with `/metrics`, `/healthz` (every stage thread running, none stuck on one item
+    for `stall_s`) and `/readyz` (model loaded, bus bound, store writable, `min_free_disk_mb` free)."""
+
     # None disables the endpoint; 0 picks a free port.
     port: int | None = Field(9108, ge=0, le=65535)
     address: str = "127.0.0.1"
+    stall_s: float = Field(30.0, gt=0)
+    min_free_disk_mb: float = Field(512.0, ge=0)
 
 
-def _existing_file(path: Path | None) -> Path | None:
-    if path is not None and not path.is_file():
-        raise ValueError(f"{path} is not a file (missing, or a directory); check the path")
-    return path
+class RetentionConfig(Section):
+    """How long the image archive and the records are kept (unset: for ever); checked every
+    `interval_s`. Records are deleted only once delivered to the MES and not labelled for retraining."""
 
+    images_max_age_days: float | None = Field(None, gt=0)
+    images_max_gb: float | None = Field(None, gt=0)
+    records_max_age_days: float | None = Field(None, gt=0)
+    interval_s: float = Field(600.0, gt=0)
 
-# A file that must exist when the inspector starts; the error names the key (mes.ca_file: ...).
-ExistingFile = Annotated[Path | None, AfterValidator(_existing_file)]
+    @property
+    def enabled(self) -> bool:
+        return any(
+            v is not None for v in (self.images_max_age_days, self.images_max_gb, self.records_max_age_days)
+        )
 
 
 class MesConfig(Section):
@@ -222,6 +255,7 @@ class InspectorConfig(Section):
     inference: InferenceConfig = InferenceConfig()
     rules: QualityRules = QualityRules()
     records: RecordsConfig = RecordsConfig()
+    retention: RetentionConfig = RetentionConfig()
     metrics: MetricsConfig = MetricsConfig()
     mes: MesConfig = MesConfig()
 

@@ -55,6 +55,10 @@ def load_active(package_dir: Path, config: InspectorConfig, plan: FramePlan) -> 
 
     package = load_package(package_dir)
     card = package.card
+    if config.model.trust_key is not None:
+        from edge_inspect.models.signing import load_public_key, verify_card
+
+        verify_card(card, load_public_key(config.model.trust_key))
     recipe = card.preprocess
     smoke_shape = (2, recipe.channels, recipe.height, recipe.width)
     smoke = np.random.default_rng(0).standard_normal(smoke_shape).astype(np.float32)

@@ -23,7 +23,8 @@ import json
 import logging
 import signal
 import threading
-from typing import Any
+import time
+from typing import TYPE_CHECKING, Any
 
 from edge_inspect.bus.contracts import VERDICTS
 from edge_inspect.inspector.batching import InferenceSlot
@@ -34,6 +35,7 @@ from edge_inspect.inspector.device.frame_path import (
     choose_frame_path,
     probe_device_path,
 )
+from edge_inspect.inspector.housekeeping import Housekeeping
 from edge_inspect.inspector.model_source import ActiveModel, ModelSource
 from edge_inspect.inspector.stages.base import Stage, merge_tallies
 from edge_inspect.inspector.stages.infer import InferStage
@@ -42,7 +44,19 @@ from edge_inspect.inspector.stages.receive import ReceiveStage
 from edge_inspect.inspector.stages.record import RecordStage
 from edge_inspect.logs import log_event
 
+if TYPE_CHECKING:
+    from edge_inspect.bus.security import ServerAuth
+
 log = logging.getLogger(__name__)
+
+# How long a stop waits for the stages to drain what they accepted before it gives up on them.
+STOP_TIMEOUT_S = 30.0
+# How often `run_until_signalled` looks for a crashed stage.
+WATCH_INTERVAL_S = 0.5
+
+
+class StageCrashed(RuntimeError):
+    """A stage's loop ended with an exception: the inspector exits for its supervisor to restart it."""
 
 
 def plan_frame_path(config: InspectorConfig) -> FramePlan:
@@ -94,15 +108,11 @@ class Inspector:
         self.models = ModelSource(config, self.plan, self.metrics)
         # Every model a swap brings is loaded for the same plan, so onto this same device.
         device_path = DeviceFramePath(self.active.model.device) if self.plan.path == "device" else None
-        self.metrics_server = (
-            self.metrics.serve(config.metrics.port, config.metrics.address)
-            if config.metrics.port is not None
-            else None
-        )
         self._zmq = zmq.Context()
+        self.auth = self._bus_auth()
         self._stop = threading.Event()
         self.receive = ReceiveStage(
-            config.bus.bind, config.batching.queue_depth, self.metrics, self._zmq, self._stop
+            config.bus, config.batching.queue_depth, self.metrics, self._zmq, self._stop, self.auth
         )
         self.receiver = self.receive.receiver
         self.record = RecordStage(
@@ -112,6 +122,7 @@ class Inspector:
             config.mes.url is not None,
             self.metrics,
             self._zmq,
+            self.auth,
         )
         self.results_endpoint = self.record.endpoint
         slot: InferenceSlot[PreparedBatch] = InferenceSlot(on_idle=self.receive.queues.wake)
@@ -128,6 +139,25 @@ class Inspector:
             slot, self.record, config.rules, config.records.archive_ok_rate, device_path, self.metrics
         )
         self._deliverer: Any = None
+        self._housekeeping: Housekeeping | None = None
+        self.metrics_server = (
+            self.metrics.serve(
+                config.metrics.port,
+                config.metrics.address,
+                {"/healthz": self.health_checks, "/readyz": self.readiness_checks},
+            )
+            if config.metrics.port is not None
+            else None
+        )
+
+    def _bus_auth(self) -> ServerAuth | None:
+        bus = self.config.bus
+        if not bus.authenticated:
+            return None
+        from edge_inspect.bus.security import ServerAuth
+
+        assert bus.curve_secret_key is not None and bus.allowed_keys_dir is not None
+        return ServerAuth(bus.curve_secret_key, bus.allowed_keys_dir, self._zmq)
 
     @property
     def active(self) -> ActiveModel:
@@ -146,8 +176,11 @@ class Inspector:
     def start(self) -> None:
         if self.config.mes.url:
             # Started before the record stage, so the very first results already get outbox rows.
-            self._deliverer = self._start_deliverer(self.config.mes.url)
+            self._deliverer = self._start_deliverer()
             self.record.deliverer = self._deliverer
+        if self.config.retention.enabled:
+            self._housekeeping = Housekeeping(self.config, self._stop)
+            self._housekeeping.start()
         self.models.start()
         for stage in reversed(self.stages):
             stage.start()
@@ -168,36 +201,40 @@ class Inspector:
             db=str(self.config.db_path),
         )
 
-    def _start_deliverer(self, url: str) -> Any:
-        from edge_inspect.sinks.mes_webhook import WebhookConfig, WebhookDeliverer
+    def _start_deliverer(self) -> Any:
+        from edge_inspect.sinks.mes_webhook import WebhookDeliverer
 
-        mes = self.config.mes
-        deliverer = WebhookDeliverer(
-            self.config.db_path,
-            WebhookConfig(
-                url=url, initial_backoff_s=min(1.0, mes.max_backoff_s), max_backoff_s=mes.max_backoff_s
-            ),
-            metrics=self.metrics,
-        )
+        deliverer = WebhookDeliverer(self.config.db_path, self.config.mes, metrics=self.metrics)
         deliverer.start()
         return deliverer
 
-    def stop(self) -> None:
-        """Stop receiving, judge and record everything already accepted, then release every resource."""
+    def stop(self, timeout_s: float = STOP_TIMEOUT_S) -> bool:
+        """Stop receiving, judge and record everything already accepted, then release every resource.
+        Bounded: a stage still busy after `timeout_s` (a hung device, a database that never comes back) is
+        left behind and reported, and False is returned; its thread dies with the process."""
         self._stop.set()
         self.models.stop()
-        for stage in self.stages:
-            stage.join()
+        deadline = time.monotonic() + timeout_s
+        stuck = [stage.name for stage in self.stages if not stage.join(max(0.0, deadline - time.monotonic()))]
         for stage in self.stages:
             if stage.failure is not None:
                 log_event(log, logging.ERROR, "stage_failed_during_run", stage=stage.name)
+        if stuck:
+            log_event(log, logging.CRITICAL, "stop_timed_out", stages=stuck, timeout_s=timeout_s)
+        if self._housekeeping is not None:
+            self._housekeeping.join(max(0.0, deadline - time.monotonic()))
         if self._deliverer is not None:
             self._deliverer.stop()
-        self.receive.close()
-        self.record.close()
-        self._zmq.term()
         if self.metrics_server is not None:
             self.metrics_server.close()
+        if stuck:
+            return False  # sockets in use by a stuck stage must not be closed under it
+        self.receive.close()
+        self.record.close()
+        if self.auth is not None:
+            self.auth.stop()
+        self._zmq.term()
+        return True
 
     def __enter__(self) -> Inspector:
         self.start()
@@ -206,9 +243,41 @@ class Inspector:
     def __exit__(self, *exc: object) -> None:
         self.stop()
 
+    def health_checks(self) -> dict[str, str]:
+        """`/healthz`: per stage "ok", or why not (its thread ended, or one item has held it too long)."""
+        stall_s = self.config.metrics.stall_s
+        checks = {}
+        for stage in self.stages:
+            stalled = stage.stalled_s()
+            if not stage.alive():
+                checks[stage.name] = f"stopped ({stage.failure!r})" if stage.failure else "stopped"
+            elif stalled > stall_s:
+                checks[stage.name] = f"stuck on one item for {stalled:.0f} s (limit {stall_s:.0f} s)"
+            else:
+                checks[stage.name] = "ok"
+        return checks
+
+    def readiness_checks(self) -> dict[str, str]:
+        """`/readyz`: able to take frames now: model loaded, bus bound, store writable, disk not full."""
+        from edge_inspect.sinks.retention import free_bytes
+
+        free_mb = free_bytes(self.config.records.workdir) / 2**20
+        minimum = self.config.metrics.min_free_disk_mb
+        return {
+            "model": "ok" if self.active is not None else "no model loaded",
+            "bus": "ok" if self.receiver.endpoint else "not bound",
+            "store": "ok" if self.record.store_writable else "the record database refuses writes",
+            "disk": "ok" if free_mb >= minimum else f"{free_mb:.0f} MiB free, below {minimum:.0f} MiB",
+            **{name: state for name, state in self.health_checks().items() if state != "ok"},
+        }
+
     def healthy(self) -> bool:
-        """Every stage thread is running (after `start`, before `stop`)."""
-        return all(stage.alive() for stage in self.stages)
+        """Every stage thread is running and none is stuck (after `start`, before `stop`)."""
+        return all(state == "ok" for state in self.health_checks().values())
+
+    def crashed(self) -> list[str]:
+        """Stages whose loop ended with an exception: the inspector cannot go on."""
+        return [stage.name for stage in self.stages if stage.failure is not None]
 
     def summary(self) -> dict[str, Any]:
         """Totals since start, from the stages' own counts."""
@@ -239,5 +308,18 @@ def run_until_signalled(config: InspectorConfig, seconds: float | None = None) -
             ),
             flush=True,
         )
-        stop.wait(seconds)
+        deadline = None if seconds is None else time.monotonic() + seconds
+        while not stop.wait(_next_watch_s(deadline)):
+            if deadline is not None and time.monotonic() >= deadline:
+                break
+            if crashed := inspector.crashed():
+                # Half alive is worse than dead: exit so the supervisor (systemd, Kubernetes) restarts us.
+                log_event(log, logging.CRITICAL, "inspector_exiting", crashed_stages=crashed)
+                raise StageCrashed(f"stage(s) {', '.join(crashed)} crashed; see the stage_crashed log line")
     return inspector.summary()
+
+
+def _next_watch_s(deadline: float | None) -> float:
+    return (
+        WATCH_INTERVAL_S if deadline is None else min(WATCH_INTERVAL_S, max(0.0, deadline - time.monotonic()))
+    )

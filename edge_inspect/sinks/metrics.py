@@ -10,15 +10,18 @@ when it imports and finds a driver; otherwise there are no GPU metrics and one l
 
 from __future__ import annotations
 
+import json
 import logging
+import socket
 import threading
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from types import ModuleType
-from wsgiref.simple_server import WSGIServer
+from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info, start_http_server
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info, make_wsgi_app
 from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.exposition import ThreadingWSGIServer
 from prometheus_client.metrics_core import Metric
 from prometheus_client.registry import Collector
 
@@ -171,6 +174,32 @@ class NvmlCollector(Collector):
         self._failing = bool(failures)
 
 
+# A probe answers {check: "ok" | what is wrong}; the endpoint is 200 when every check says "ok", else 503.
+Probe = Callable[[], dict[str, str]]
+
+
+def probe_app(metrics_app: Callable, probes: Mapping[str, Probe]) -> Callable:
+    """A WSGI app serving each probe at its path (`/healthz`, `/readyz`) as JSON and metrics elsewhere."""
+
+    def app(environ: dict, start_response: Callable) -> Iterable[bytes]:
+        probe = probes.get(environ.get("PATH_INFO", ""))
+        if probe is None:
+            return metrics_app(environ, start_response)
+        checks = probe()
+        ok = all(value == "ok" for value in checks.values())
+        body = json.dumps({"ok": ok, "checks": checks}).encode()
+        headers = [("Content-Type", "application/json"), ("Content-Length", str(len(body)))]
+        start_response("200 OK" if ok else "503 Service Unavailable", headers)
+        return [body]
+
+    return app
+
+
+class _QuietHandler(WSGIRequestHandler):
+    def log_message(self, format: str, *args: object) -> None:
+        """Scrapes every few seconds are not news."""
+
+
 @dataclass
 class MetricsServer:
     """A running `/metrics` endpoint; `port` is the real one, also when 0 was asked for."""
@@ -306,8 +335,8 @@ class InspectorMetrics:
             milliseconds: float = getattr(result.timings_ms, stage)
             self.observe_stage(stage, milliseconds / 1000.0, device)
 
-    def stage_error(self, stage: str) -> None:
-        self.stage_errors.labels(stage).inc()
+    def stage_error(self, stage: str, count: int = 1) -> None:
+        self.stage_errors.labels(stage).inc(count)
 
     def model_swap(self, outcome: str) -> None:
         self.model_swaps.labels(outcome=outcome).inc()
@@ -335,10 +364,20 @@ class InspectorMetrics:
     def set_outbox_dead(self, dead: int) -> None:
         self.mes_outbox_dead.set(dead)
 
-    def serve(self, port: int, addr: str = "127.0.0.1") -> MetricsServer:
-        """Serve `/metrics` over HTTP from a daemon thread; port 0 picks a free port (see `.port`).
+    def serve(
+        self, port: int, addr: str = "127.0.0.1", probes: Mapping[str, Probe] | None = None
+    ) -> MetricsServer:
+        """Serve `/metrics` (and the `probes`, by path) over HTTP from a daemon thread; port 0 picks a free
+        port (see `.port`).
 
         The default address is loopback: expose it on the network deliberately (addr="0.0.0.0").
         """
-        server, thread = start_http_server(port, addr=addr, registry=self.registry)
+
+        class Server(ThreadingWSGIServer):
+            address_family = socket.AF_INET6 if ":" in addr else socket.AF_INET
+
+        app = probe_app(make_wsgi_app(self.registry), probes or {})
+        server = make_server(addr, port, app, Server, handler_class=_QuietHandler)
+        thread = threading.Thread(target=server.serve_forever, name="edge-inspect-metrics", daemon=True)
+        thread.start()
         return MetricsServer(addr=addr, port=server.server_port, _server=server, _thread=thread)

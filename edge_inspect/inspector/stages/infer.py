@@ -8,6 +8,7 @@ counted in edgeinspect_stage_errors_total.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from collections.abc import Callable
@@ -143,7 +144,9 @@ class InferStage(Stage):
     def run(self) -> None:
         try:
             while (prepared := self._slot.get()) is not None:
-                self._outbox.put(self.judge(prepared))
+                with self.working():
+                    judged = self.judge(prepared)
+                self._outbox.put(judged)
                 self._slot.done()
         finally:
             self._outbox.put(None)
@@ -161,7 +164,15 @@ class InferStage(Stage):
                     error=judged.error,
                     batch=len(prepared.frames),
                 )
-        return outcomes(prepared, judged, time.time_ns(), self._ok_rate)
+        try:
+            return outcomes(prepared, judged, time.time_ns(), self._ok_rate)
+        except Exception as exc:  # e.g. a model that answered for the wrong number of parts
+            self._metrics.stage_error("postprocess")
+            self.tally.add("stage_errors", "postprocess")
+            log_event(log, logging.ERROR, "postprocess_failed", error=repr(exc), batch=len(prepared.frames))
+            failed = Judged(review_judgements("postprocess", len(prepared.frames)), judged.infer_ms, 0.0)
+            without_images = dataclasses.replace(prepared, images=[None] * len(prepared.frames))
+            return outcomes(without_images, failed, time.time_ns(), self._ok_rate)
 
     def run_model(self, active: ActiveModel, inputs: Any) -> dict[str, Any]:
         """The model's outputs as host arrays, as far as postprocess reads them."""

@@ -130,7 +130,8 @@ class PrepareStage(Stage):
             while True:
                 batch = self._queues.next_batch(max_batch, max_wait_s, inference_busy=self._slot.busy)
                 if batch:
-                    prepared = self.prepare(batch)
+                    with self.working():
+                        prepared = self.prepare(batch)
                     if prepared is not None:
                         self._slot.put(prepared)
                 elif self._receive_done.is_set() and self._queues.total() == 0:
@@ -153,7 +154,7 @@ class PrepareStage(Stage):
             log_event(log, logging.ERROR, "preprocess_failed", error=repr(exc), batch=len(batch))
             return failed_batch(batch, active, exc)
         for exc, frame in rejected:
-            reject(self._metrics, self.tally, exc, frame.header.camera_id)
+            reject(self._metrics, self.tally, self.rejections, exc, frame.header.camera_id)
         if prepared is not None:
             self._metrics.observe_batch(len(prepared.frames))
         return prepared

@@ -2,30 +2,44 @@
 transaction → Prometheus → results PUB.
 
 A result is written before it is published or delivered. Counts `inspected` by verdict once written.
+A part whose image cannot be archived (disk full, an unencodable image) is recorded as REVIEW with the
+reason, without its image; a batch the database refuses is retried, with back-off, until it is written:
+meanwhile the stage reports the store unwritable (`/readyz`) and back-pressure reaches the cameras.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import logging
 import queue
+import sqlite3
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from edge_inspect.bus.contracts import InspectionResult
+from edge_inspect.bus.contracts import Defect, InspectionResult
 from edge_inspect.inspector.device.frame_path import host_image
+from edge_inspect.inspector.rules import NORMALISED_THRESHOLD
 from edge_inspect.inspector.stages.base import Stage
+from edge_inspect.logs import log_event
 from edge_inspect.sampling import stable_fraction
 
 if TYPE_CHECKING:
     import torch
 
+    from edge_inspect.bus.security import ServerAuth
     from edge_inspect.sinks.metrics import InspectorMetrics
     from edge_inspect.sinks.record_store import RecordStore
 
 ARCHIVED_VERDICTS = ("NG", "REVIEW")
+# Back-off between attempts to write a batch the database refused (disk full, locked, I/O error).
+RETRY_INITIAL_S = 0.5
+RETRY_MAX_S = 10.0
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -55,16 +69,29 @@ def image_to_archive(
     return host_image(image) if should_archive(result, ok_rate) else None
 
 
-def archived(store: RecordStore, outcomes: list[Outcome]) -> list[InspectionResult]:
-    """The outcomes' results, with the path of each image archived."""
-    results = []
+def archived(store: RecordStore, outcomes: list[Outcome]) -> tuple[list[InspectionResult], int]:
+    """The outcomes' results, with the path of each image archived, and how many images could not be:
+    those parts go to a person (REVIEW, `archive_failed`), since their evidence is missing."""
+    results, failures = [], 0
     for outcome in outcomes:
         result = outcome.result
         if outcome.archive_image is not None:
-            path = store.archive_image(result, outcome.archive_image)
-            result = dataclasses.replace(result, image_path=path)
+            try:
+                result = dataclasses.replace(
+                    result, image_path=store.archive_image(result, outcome.archive_image)
+                )
+            except (OSError, RuntimeError) as exc:
+                failures += 1
+                result = unarchived(result, exc)
         results.append(result)
-    return results
+    return results, failures
+
+
+def unarchived(result: InspectionResult, exc: BaseException) -> InspectionResult:
+    log_event(log, logging.ERROR, "archive_failed", result_id=result.result_id, error=repr(exc))
+    reason = Defect(cls="archive_failed", score=1.0)
+    score = result.score if result.verdict == "REVIEW" else NORMALISED_THRESHOLD
+    return dataclasses.replace(result, verdict="REVIEW", score=score, defects=[*result.defects, reason])
 
 
 class RecordStage(Stage):
@@ -81,10 +108,13 @@ class RecordStage(Stage):
         with_outbox: bool,
         metrics: InspectorMetrics,
         zmq_context: Any,
+        auth: ServerAuth | None = None,
     ) -> None:
         import zmq
 
         super().__init__()
+        # False while the database refuses writes; read by /readyz.
+        self.store_writable = True
         self.inbox: queue.Queue[list[Outcome] | None] = queue.Queue(maxsize=8)
         self.deliverer: Any = None
         self._paths = (db_path, image_dir)
@@ -95,6 +125,8 @@ class RecordStage(Stage):
         if results_bind:
             self._publisher = zmq_context.socket(zmq.PUB)
             self._publisher.setsockopt(zmq.LINGER, 1000)
+            if auth is not None:
+                auth.apply(self._publisher)
             self._publisher.bind(results_bind)
             self.endpoint = self._publisher.getsockopt(zmq.LAST_ENDPOINT).decode()
 
@@ -105,13 +137,17 @@ class RecordStage(Stage):
         try:
             while (outcomes := self.inbox.get()) is not None:
                 if outcomes:
-                    self.record(store, outcomes)
+                    with self.working():
+                        self.record(store, outcomes)
         finally:
             store.close()
 
     def record(self, store: RecordStore, outcomes: list[Outcome]) -> None:
-        results = archived(store, outcomes)
-        store.add_results(results, with_outbox=self._with_outbox)
+        results, archive_failures = archived(store, outcomes)
+        if archive_failures:
+            self._metrics.stage_error(self.name, archive_failures)
+            self.tally.add("stage_errors", self.name, archive_failures)
+        self.write(store, results)
         if self.deliverer is not None:
             self.deliverer.wake()
         for result, outcome in zip(results, outcomes, strict=True):
@@ -119,6 +155,32 @@ class RecordStage(Stage):
             self.tally.add("inspected", result.verdict)
             if self._publisher is not None:
                 self._publisher.send_multipart([result.camera_id.encode(), result.to_json().encode()])
+
+    def write(self, store: RecordStore, results: list[InspectionResult]) -> None:
+        """Write the batch, retrying until the database takes it: nothing accepted is dropped here."""
+        delay = RETRY_INITIAL_S
+        while True:
+            try:
+                store.add_results(results, with_outbox=self._with_outbox)
+            except (sqlite3.Error, OSError) as exc:
+                self.store_writable = False
+                self._metrics.stage_error(self.name)
+                self.tally.add("stage_errors", self.name)
+                log_event(
+                    log,
+                    logging.ERROR,
+                    "record_write_failed",
+                    error=repr(exc),
+                    batch=len(results),
+                    retry_s=delay,
+                )
+                time.sleep(delay)
+                delay = min(delay * 2, RETRY_MAX_S)
+                continue
+            if not self.store_writable:
+                log_event(log, logging.WARNING, "record_write_recovered", batch=len(results))
+            self.store_writable = True
+            return
 
     def close(self) -> None:
         if self._publisher is not None:
