@@ -269,6 +269,16 @@ def test_records_command_requeues_dead(tmp_path: Path, capsys: pytest.CaptureFix
         store.add_results([make_result(1), make_result(2)], with_outbox=True)
         for item in store.due_deliveries(now_ns=T0 * 2, limit=10):
             store.mark_dead(item.id, "HTTP 422")
+    args = records_args(db, "--dead", "--json")
+    assert args.handler(args) == 0
+    listed = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [(d["result_id"], d["last_error"]) for d in listed] == [
+        (make_result(1).result_id, "HTTP 422"),
+        (make_result(2).result_id, "HTTP 422"),
+    ]
+    args = records_args(db, "--dead")
+    assert args.handler(args) == 0
+    assert "2 dead letters; redeliver with --requeue-dead" in capsys.readouterr().out
     args = records_args(db, "--requeue-dead")
     assert args.handler(args) == 0
     assert "requeued 2" in capsys.readouterr().out

@@ -1,15 +1,16 @@
-"""`edge-inspect records`: list recorded inspection results, or requeue dead MES deliveries."""
+"""`edge-inspect records`: list recorded inspection results, or list and requeue dead MES deliveries."""
 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from collections.abc import Sequence
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 from edge_inspect.bus.contracts import VERDICTS, InspectionResult
-from edge_inspect.sinks.record_store import RecordStore, RecordStoreError
+from edge_inspect.sinks.record_store import OutboxItem, RecordStore, RecordStoreError
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -26,6 +27,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--until", type=parse_time_ns, help="captured before (ISO 8601)")
     parser.add_argument("--limit", type=int, default=100, help="at most N results (default 100)")
     parser.add_argument("--json", action="store_true", help="one result JSON object per line")
+    parser.add_argument(
+        "--dead",
+        action="store_true",
+        help="instead of results, list the MES dead letters: result id, attempts and the last error",
+    )
     parser.add_argument(
         "--requeue-dead",
         nargs="*",
@@ -67,6 +73,20 @@ def format_table(results: Sequence[InspectionResult]) -> str:
     return "\n".join(line.rstrip() for line in lines)
 
 
+def print_dead_letters(items: Sequence[OutboxItem], as_json: bool) -> None:
+    if as_json:
+        for item in items:
+            print(
+                json.dumps(
+                    {"result_id": item.result_id, "attempts": item.attempts, "last_error": item.last_error}
+                )
+            )
+        return
+    for item in items:
+        print(f"{item.result_id}\t{item.attempts} attempts\t{item.last_error}")
+    print(f"{len(items)} dead letters; redeliver with --requeue-dead [RESULT_ID ...]")
+
+
 def run_records(args: argparse.Namespace) -> int:
     if not args.db.is_file():
         print(f"edge-inspect records: error: no record store at {args.db}; check --db", file=sys.stderr)
@@ -76,6 +96,9 @@ def run_records(args: argparse.Namespace) -> int:
             if args.requeue_dead is not None:
                 count = store.requeue_dead(args.requeue_dead or None)
                 print(f"requeued {count} dead MES deliveries")
+                return 0
+            if args.dead:
+                print_dead_letters(store.dead_deliveries(args.limit), args.json)
                 return 0
             results = store.query(
                 part_id=args.part_id,
