@@ -6,16 +6,22 @@ from collections import deque
 import pytest
 
 from edge_inspect.bus.contracts import FrameHeader
-from edge_inspect.inspector.batching import CameraQueues, InferenceSlot, hold_s, take_round_robin
+from edge_inspect.inspector.batching import (
+    CameraQueues,
+    InferenceSlot,
+    evictions_to_fit,
+    hold_s,
+    take_round_robin,
+)
 from edge_inspect.inspector.receive import ReceivedFrame
 
 # Generous: these bound a test that fails, they are never what a passing test measures.
 PATIENCE_S = 10.0
 
 
-def frame(camera: str, seq: int, delivery: str = "lossless") -> ReceivedFrame:
-    header = FrameHeader(camera, seq, "st", 0, 1, 1, 1, delivery=delivery)
-    return ReceivedFrame(header, memoryview(b"\x00"), 0)
+def frame(camera: str, seq: int, delivery: str = "lossless", nbytes: int = 1) -> ReceivedFrame:
+    header = FrameHeader(camera, seq, "st", 0, nbytes, 1, 1, delivery=delivery)
+    return ReceivedFrame(header, memoryview(bytes(nbytes)), 0)
 
 
 class FakeClock:
@@ -180,3 +186,93 @@ def test_lossless_mode_blocks_the_producer_until_the_worker_takes_frames() -> No
     assert done.wait(2.0)
     producer.join()
     assert [f.header.seq for f in queues.next_batch(8, 0.0)] == [1, 2]
+
+
+def test_evictions_to_fit_counts_the_oldest_frames_that_must_go() -> None:
+    assert evictions_to_fit(10, held=0, budget=None, evictable=[]) == 0  # no budget
+    assert evictions_to_fit(10, held=90, budget=100, evictable=[]) == 0  # fits as it is
+    assert evictions_to_fit(10, held=95, budget=100, evictable=[]) is None  # lossless: wait
+    assert evictions_to_fit(10, held=95, budget=100, evictable=[3, 4, 50]) == 2  # 95 - 7 + 10 <= 100
+    assert evictions_to_fit(10, held=95, budget=100, evictable=[3]) is None  # the rest is not evictable
+    # Into empty queues (or once every evictable frame is gone) a frame always fits, even one larger than
+    # the whole budget: it would otherwise wait for ever.
+    assert evictions_to_fit(500, held=0, budget=100, evictable=[]) == 0
+    assert evictions_to_fit(500, held=30, budget=100, evictable=[10, 20]) == 2
+
+
+def test_a_lossless_frame_beyond_the_byte_budget_waits_until_frames_are_taken() -> None:
+    queues = CameraQueues(
+        depth=100, on_drop=lambda c, r: pytest.fail("lossless must not drop"), max_bytes=250
+    )
+    stop = threading.Event()
+    queues.put(frame("a", 0, nbytes=100), stop)
+    queues.put(frame("b", 0, nbytes=100), stop)
+    assert queues.held_bytes() == 200
+    done = threading.Event()
+    producer = threading.Thread(target=lambda: (queues.put(frame("a", 1, nbytes=100), stop), done.set()))
+    producer.start()
+    assert not done.wait(0.2), "a frame beyond the byte budget must block the receiver (back-pressure)"
+    assert len(queues.next_batch(1, 0.0)) == 1
+    assert done.wait(PATIENCE_S)
+    producer.join()
+    assert queues.held_bytes() == 200
+    assert len(queues.next_batch(8, 0.0)) == 2
+    assert queues.held_bytes() == 0
+
+
+def test_a_latest_frame_beyond_the_budget_drops_the_oldest_waiting_latest_frame() -> None:
+    clock = FakeClock()
+    drops: list = []
+    queues = CameraQueues(depth=8, on_drop=lambda c, r: drops.append((c, r)), clock=clock, max_bytes=300)
+    stop = threading.Event()
+    for camera in ("old", "mid", "new"):
+        clock.now += 1
+        queues.put(frame(camera, 0, "latest", nbytes=100), stop)
+    assert drops == [] and queues.held_bytes() == 300
+    queues.put(frame("late", 0, "latest", nbytes=150), stop)
+    # 150 more bytes: the two stalest latest frames go, each counted under its own camera.
+    assert drops == [("old", "memory_budget"), ("mid", "memory_budget")]
+    assert queues.held_bytes() == 250
+    assert sorted(f.header.camera_id for f in queues.next_batch(8, 0.0)) == ["late", "new"]
+    assert queues.held_bytes() == 0
+
+
+def test_a_latest_frame_supersedes_its_own_older_frame_before_the_budget_is_asked() -> None:
+    drops: list = []
+    queues = CameraQueues(depth=8, on_drop=lambda c, r: drops.append((c, r)), max_bytes=100)
+    stop = threading.Event()
+    queues.put(frame("cam", 0, "latest", nbytes=100), stop)
+    queues.put(frame("cam", 1, "latest", nbytes=100), stop)
+    assert drops == [("cam", "superseded")]
+    assert queues.held_bytes() == 100
+
+
+def test_lossless_frames_are_never_dropped_for_the_budget_a_latest_frame_waits_for_them() -> None:
+    drops: list = []
+    queues = CameraQueues(depth=8, on_drop=lambda c, r: drops.append((c, r)), max_bytes=200)
+    stop = threading.Event()
+    queues.put(frame("ll", 0, nbytes=100), stop)
+    queues.put(frame("ll", 1, nbytes=100), stop)
+    done = threading.Event()
+    producer = threading.Thread(
+        target=lambda: (queues.put(frame("lt", 0, "latest", nbytes=100), stop), done.set())
+    )
+    producer.start()
+    assert not done.wait(0.2), "lossless frames hold the budget: the latest frame must wait, not evict"
+    assert [f.header.seq for f in queues.next_batch(1, 0.0)] == [0]
+    assert done.wait(PATIENCE_S)
+    producer.join()
+    assert drops == []
+    assert queues.held_bytes() == 200
+
+
+def test_a_frame_larger_than_the_budget_still_enters_empty_queues_and_stop_releases_a_waiter() -> None:
+    queues = CameraQueues(depth=8, on_drop=lambda c, r: None, max_bytes=10)
+    stop = threading.Event()
+    queues.put(frame("a", 0, nbytes=50), stop)
+    assert queues.held_bytes() == 50
+    stop.set()  # at shutdown nothing received is refused: the frame is queued over the budget
+    queues.put(frame("a", 1, nbytes=50), stop)
+    assert queues.total() == 2
+    with pytest.raises(ValueError, match="at least one byte"):
+        CameraQueues(depth=8, on_drop=lambda c, r: None, max_bytes=0)

@@ -21,6 +21,7 @@ FLAG_KEYS: dict[str, str] = {
     "max_batch": "batching.max_batch",
     "max_wait_ms": "batching.max_wait_ms",
     "queue_depth": "batching.queue_depth",
+    "max_queued_mb": "batching.max_queued_mb",
     "device": "inference.device",
     "frame_path": "inference.frame_path",
     "runtime": "inference.runtime",
@@ -142,6 +143,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     batching.add_argument(
         "--queue-depth", type=int, help="frames queued per lossless camera (default 32) [queue_depth]"
+    )
+    batching.add_argument(
+        "--max-queued-mb",
+        type=float,
+        help="payload MiB all queues together may hold; beyond it a lossless camera is back-pressured and "
+        "the oldest waiting latest frame is dropped as memory_budget (default 512) [max_queued_mb]",
     )
     inference = p.add_argument_group("inference [inference]")
     inference.add_argument(

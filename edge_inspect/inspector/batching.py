@@ -4,6 +4,11 @@ A `lossless` camera's queue blocks the receiver when full, so back-pressure trav
 camera (which counts it). A `latest` camera's queue holds only its newest frame and counts every frame it
 supersedes. Batches take frames round-robin across cameras so one busy camera cannot starve others.
 
+All queues together also hold at most `max_bytes` of frame payload (`evictions_to_fit`), so memory is
+bounded in bytes whatever the frame size and camera count: a lossless frame that does not fit waits
+(back-pressure, as a full queue does); a latest frame makes room by dropping the oldest waiting latest
+frames of other cameras, counted as `memory_budget`, and waits only if lossless frames hold the rest.
+
 When a batch goes is decided like Triton's dynamic batcher (`hold_s`): when inference is idle, whatever
 is queued goes at once, so a part at a low rate never waits for company; while inference is busy, a batch
 grows from the frames that queue meanwhile, up to `max_batch`, and `max_wait_s` caps how long its oldest
@@ -16,14 +21,39 @@ from __future__ import annotations
 import threading
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from operator import attrgetter
 from typing import Generic, TypeVar
 
 from edge_inspect.inspector.receive import ReceivedFrame
 
 DropCallback = Callable[[str, str], None]
 T = TypeVar("T")
+
+# The queues' byte budget when none is given; the same as the default of `batching.max_queued_mb`.
+DEFAULT_MAX_QUEUED_BYTES = 512 * 1024 * 1024
+# Drop reasons counted by the queues (`dropped{reason=...}`).
+SUPERSEDED = "superseded"
+MEMORY_BUDGET = "memory_budget"
+
+
+def evictions_to_fit(size: int, held: int, budget: int | None, evictable: Sequence[int]) -> int | None:
+    """How many of the `evictable` frames (their sizes, oldest first) must go for a new frame of `size`
+    bytes to fit beside the `held` bytes (which include the evictable ones); None when it does not fit
+    even with all of them gone (the caller waits). No budget (None): 0.
+
+    A frame always fits into empty queues, even one larger than the whole budget: otherwise it would wait
+    for ever (the bus's `max_message_mb` bounds a single frame).
+    """
+    if budget is None:
+        return 0
+    for count in range(len(evictable) + 1):
+        if held == 0 or held + size <= budget:
+            return count
+        if count < len(evictable):
+            held -= evictable[count]
+    return None
 
 
 def hold_s(
@@ -58,43 +88,89 @@ def take_round_robin(queues: dict[str, deque[T]], start: int, limit: int) -> lis
     return taken
 
 
-@dataclass(frozen=True)
+# Compared by identity: removing one queued frame must never match another with equal contents.
+@dataclass(frozen=True, eq=False)
 class _Queued:
     frame: ReceivedFrame
     since: float  # the queues' clock when it was queued
 
+    @property
+    def nbytes(self) -> int:
+        return self.frame.payload.nbytes
+
+    @property
+    def latest(self) -> bool:
+        return self.frame.header.delivery == "latest"
+
 
 class CameraQueues:
     """Thread-safe per-camera frame queues shared by the receiver (producer) and the prepare stage
-    (consumer). `clock` is injectable so the batching policy can be tested without real waiting."""
+    (consumer), bounded in frames per camera (`depth`) and in payload bytes overall (`max_bytes`; None: no
+    byte bound). `clock` is injectable so the batching policy can be tested without real waiting."""
 
     def __init__(
-        self, depth: int, on_drop: DropCallback, clock: Callable[[], float] = time.monotonic
+        self,
+        depth: int,
+        on_drop: DropCallback,
+        clock: Callable[[], float] = time.monotonic,
+        *,
+        max_bytes: int | None = DEFAULT_MAX_QUEUED_BYTES,
     ) -> None:
         if depth < 1:
             raise ValueError("queue depth must be at least 1")
+        if max_bytes is not None and max_bytes < 1:
+            raise ValueError(f"a byte budget of {max_bytes}: give at least one byte, or None for none")
         self._depth = depth
+        self._max_bytes = max_bytes
         self._on_drop = on_drop
         self._clock = clock
         self._queues: dict[str, deque[_Queued]] = {}
+        self._bytes = 0
         self._cond = threading.Condition()
         self._next_start = 0
 
     def put(self, frame: ReceivedFrame, stop: threading.Event) -> None:
+        """Queue `frame`, blocking while a lossless frame has no room (its camera's queue is full, or the
+        byte budget is spent) or a latest frame finds the budget held by lossless frames. At `stop` the
+        frame is queued regardless, so nothing already received is lost at shutdown."""
         camera = frame.header.camera_id
         with self._cond:
             queue = self._queues.setdefault(camera, deque())
             if frame.header.delivery == "latest":
                 # Newest frame wins: a latest-mode camera never has more than one frame waiting.
                 while queue:
-                    queue.popleft()
-                    self._on_drop(camera, "superseded")
-            else:
-                # Blocking here stops the receiver reading the socket: that is the back-pressure path.
-                while len(queue) >= self._depth and not stop.is_set():
-                    self._cond.wait(0.05)
+                    self._drop(camera, queue.popleft(), SUPERSEDED)
+            # Blocking here stops the receiver reading the socket: that is the back-pressure path.
+            while not stop.is_set() and not self._make_room(frame, queue):
+                self._cond.wait(0.05)
             queue.append(_Queued(frame, self._clock()))
+            self._bytes += frame.payload.nbytes
             self._cond.notify_all()
+
+    def _make_room(self, frame: ReceivedFrame, queue: deque[_Queued]) -> bool:
+        """Whether `frame` may be queued now; for a latest frame, drops the older latest frames that must
+        go for it to fit in the byte budget."""
+        if frame.header.delivery != "latest":
+            fits = evictions_to_fit(frame.payload.nbytes, self._bytes, self._max_bytes, []) == 0
+            return len(queue) < self._depth and fits
+        # Oldest first: a latest camera wants its newest frame seen, so the stalest frame loses.
+        waiting = sorted(
+            (item for q in self._queues.values() for item in q if item.latest), key=attrgetter("since")
+        )
+        count = evictions_to_fit(
+            frame.payload.nbytes, self._bytes, self._max_bytes, [item.nbytes for item in waiting]
+        )
+        if count is None:
+            return False
+        for item in waiting[:count]:
+            camera = item.frame.header.camera_id
+            self._queues[camera].remove(item)
+            self._drop(camera, item, MEMORY_BUDGET)
+        return True
+
+    def _drop(self, camera: str, item: _Queued, reason: str) -> None:
+        self._bytes -= item.nbytes
+        self._on_drop(camera, reason)
 
     def next_batch(
         self,
@@ -133,11 +209,17 @@ class CameraQueues:
         with self._cond:
             return sum(len(queue) for queue in self._queues.values())
 
+    def held_bytes(self) -> int:
+        """Payload bytes of every frame waiting now (at most `max_bytes`, but for one oversized frame)."""
+        with self._cond:
+            return self._bytes
+
     def _has_frames(self) -> bool:
         return any(self._queues.values())
 
     def _take(self, limit: int) -> list[_Queued]:
         taken = take_round_robin(self._queues, self._next_start, limit)
+        self._bytes -= sum(item.nbytes for item in taken)
         if self._queues:
             self._next_start = (self._next_start + 1) % len(self._queues)
         return taken

@@ -130,11 +130,21 @@ class BatchingConfig(Section):
     only from frames that queued while inference was busy (running a batch, or holding the next one
     already preprocessed), up to `max_batch`. `max_wait_ms` caps how long a part, counted from when it
     was queued, waits for company while inference is busy (0: never wait); it is no delay when idle.
-    `queue_depth` is the per-camera queue (a full lossless queue back-pressures the camera)."""
+    `queue_depth` is the per-camera queue (a full lossless queue back-pressures the camera).
+    `max_queued_mb` bounds the frames waiting in all queues together, in payload bytes, so memory stays
+    bounded whatever the frame size and camera count: a lossless frame that does not fit back-pressures
+    its camera; a latest frame drops the oldest waiting latest frame (`dropped{reason="memory_budget"}`).
+    """
 
     max_batch: int = Field(8, ge=1, le=256)
     max_wait_ms: float = Field(10.0, ge=0, le=60_000)
     queue_depth: int = Field(32, ge=1, le=100_000)
+    # The default is CameraQueues' (inspector/batching.py DEFAULT_MAX_QUEUED_BYTES): 512 MiB.
+    max_queued_mb: float = Field(512.0, gt=0, le=1_048_576)
+
+    @property
+    def max_queued_bytes(self) -> int:
+        return int(self.max_queued_mb * 1024 * 1024)
 
 
 class InferenceConfig(Section):
