@@ -88,8 +88,7 @@ def take_round_robin(queues: dict[str, deque[T]], start: int, limit: int) -> lis
     return taken
 
 
-# Compared by identity: removing one queued frame must never match another with equal contents.
-@dataclass(frozen=True, eq=False)
+@dataclass(frozen=True)
 class _Queued:
     frame: ReceivedFrame
     since: float  # the queues' clock when it was queued
@@ -153,10 +152,10 @@ class CameraQueues:
         if frame.header.delivery != "latest":
             fits = evictions_to_fit(frame.payload.nbytes, self._bytes, self._max_bytes, []) == 0
             return len(queue) < self._depth and fits
+        # A latest frame supersedes everything its camera had queued, so latest frames are only ever at the
+        # head of a queue: one look per camera, however deep the lossless queues are.
         # Oldest first: a latest camera wants its newest frame seen, so the stalest frame loses.
-        waiting = sorted(
-            (item for q in self._queues.values() for item in q if item.latest), key=attrgetter("since")
-        )
+        waiting = sorted((q[0] for q in self._queues.values() if q and q[0].latest), key=attrgetter("since"))
         count = evictions_to_fit(
             frame.payload.nbytes, self._bytes, self._max_bytes, [item.nbytes for item in waiting]
         )
@@ -164,7 +163,7 @@ class CameraQueues:
             return False
         for item in waiting[:count]:
             camera = item.frame.header.camera_id
-            self._queues[camera].remove(item)
+            self._queues[camera].popleft()
             self._drop(camera, item, MEMORY_BUDGET)
         return True
 
