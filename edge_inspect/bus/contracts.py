@@ -212,6 +212,11 @@ class InspectionResult:
     v: int = RESULT_SCHEMA_VERSION
     # Stable id of this result, used as the MES Idempotency-Key: the same frame always maps to the same key.
     result_id: str = field(default="")
+    # The rule that decided the verdict (inspector/recipe.py: "review_band", "min_area:crack", ...) and the
+    # sha256 of the recipe file it was judged under (None: the config's own rules). Optional, so results
+    # recorded before them still read.
+    rule: str | None = None
+    recipe: str | None = None
 
     def __post_init__(self) -> None:
         if self.verdict not in VERDICTS:

@@ -16,7 +16,7 @@ from edge_inspect.logs import setup_logging
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from edge_inspect.cli import camera, demo, keys, label, models, records, retrain, serve, train
+    from edge_inspect.cli import camera, demo, keys, label, models, records, report, retrain, serve, train
     from edge_inspect.cli import eval as evaluate
 
     parser = argparse.ArgumentParser(
@@ -28,7 +28,7 @@ def build_parser() -> argparse.ArgumentParser:
         "-v", "--verbose", action="count", default=0, help="more log output (-v info, -vv debug)"
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for module in (demo, camera, serve, keys, train, evaluate, records, label, retrain, models):
+    for module in (demo, camera, serve, keys, train, evaluate, records, report, label, retrain, models):
         module.register(sub)
     return parser
 

@@ -11,12 +11,15 @@ The sections follow the data's path: model → bus → batching → inference �
 
 from __future__ import annotations
 
+import datetime as dt
 import os
+import re
 import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, get_args
 from urllib.parse import urlsplit
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import (
     AfterValidator,
@@ -258,6 +261,48 @@ class MesConfig(Section):
         return self
 
 
+class ShiftTimes(Section):
+    """One shift: from `start` to `end`, times of day in the calendar's time zone. A shift whose end is
+    not after its start runs past midnight and belongs to the date it starts on."""
+
+    start: dt.time
+    end: dt.time
+
+    @model_validator(mode="after")
+    def _not_empty(self) -> ShiftTimes:
+        if self.start == self.end:
+            raise ValueError("a shift needs different start and end times")
+        return self
+
+
+class ShiftsConfig(Section):
+    """The shift calendar for shift reports (sinks/shift_report.py, `edge-inspect report`): named shifts
+    in `timezone` (an IANA name, e.g. "Europe/Berlin": daylight saving is followed), `line` naming the
+    line in reports, and `report_url`, where `edge-inspect report --push` POSTs a report (with [mes]'s
+    TLS, token and signature settings)."""
+
+    timezone: str = "UTC"
+    line: str = Field("line-1", min_length=1, max_length=128)
+    calendar: dict[Annotated[str, Field(min_length=1, max_length=64)], ShiftTimes] = {}
+    report_url: str | None = None
+
+    @field_validator("timezone")
+    @classmethod
+    def _known_zone(cls, name: str) -> str:
+        try:
+            ZoneInfo(name)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError(
+                f"{name!r} is not a time zone this machine knows; write e.g. Europe/Berlin"
+            ) from None
+        return name
+
+    @field_validator("report_url")
+    @classmethod
+    def _http_url(cls, url: str | None) -> str | None:
+        return MesConfig._absolute_http_url(url)
+
+
 class InspectorConfig(Section):
     model: ModelSource
     bus: BusConfig = BusConfig()
@@ -268,6 +313,7 @@ class InspectorConfig(Section):
     retention: RetentionConfig = RetentionConfig()
     metrics: MetricsConfig = MetricsConfig()
     mes: MesConfig = MesConfig()
+    shifts: ShiftsConfig = ShiftsConfig()
 
     @model_validator(mode="after")
     def _consistent(self) -> InspectorConfig:
@@ -340,21 +386,37 @@ def _merge(data: Mapping[str, Any], overrides: Mapping[str, Any]) -> dict[str, A
     return merged
 
 
+_NO_MODEL = "no model to serve; give --model DIR, --registry URL --model-name NAME, or a [model] table"
+
+
 def _describe(
     exc: ValidationError, source: Path | None, text: str | None, overrides: Mapping[str, Any]
 ) -> str:
+    hints = {("model",): _NO_MODEL}
+    lines = describe_errors(exc, source, text, InspectorConfig, overrides, hints)
+    return "invalid configuration:\n  " + "\n  ".join(lines)
+
+
+def describe_errors(
+    exc: ValidationError,
+    source: Path | None,
+    text: str | None,
+    root: type[BaseModel],
+    overrides: Mapping[str, Any] | None = None,
+    missing_hints: Mapping[tuple[str, ...], str] | None = None,
+) -> list[str]:
+    """One `where: key: message` line per error of a TOML file validated as `root`; shared by the config
+    and the recipes (inspector/recipe.py), so both name the file, line and key the same way."""
     lines = []
     for error in exc.errors():
         loc = tuple(str(part) for part in error["loc"])
         key = ".".join(loc) if loc else "(top level)"
         message = error["msg"].removeprefix("Value error, ")
         if error["type"] == "extra_forbidden":
-            message = f"unknown key; {_known_keys(loc[:-1])}"
-        elif error["type"] == "missing" and loc == ("model",):
-            message = (
-                "no model to serve; give --model DIR, --registry URL --model-name NAME, or a [model] table"
-            )
-        if key in overrides:
+            message = f"unknown key; {_known_keys(root, loc[:-1])}"
+        elif error["type"] == "missing" and loc in (missing_hints or {}):
+            message = (missing_hints or {})[loc]
+        if key in (overrides or {}):
             where = "command line"
         elif source is not None:
             line = find_key_line(text or "", loc)
@@ -362,40 +424,72 @@ def _describe(
         else:
             where = "config"
         lines.append(f"{where}: {key}: {message}")
-    return "invalid configuration:\n  " + "\n  ".join(lines)
+    return lines
 
 
-def _known_keys(section_loc: Sequence[str]) -> str:
-    model: Any = InspectorConfig
+def _known_keys(root: type[BaseModel], section_loc: Sequence[str]) -> str:
+    model: Any = root
     for part in section_loc:
-        model = model.model_fields[part].annotation
-    return "known keys: " + ", ".join(model.model_fields)
+        fields = getattr(model, "model_fields", {})
+        # A dict key or list index leaves the model as it is: the annotation was unwrapped to its values.
+        if part in fields:
+            model = _inner_model(fields[part].annotation)
+    return "known keys: " + ", ".join(getattr(model, "model_fields", {}))
+
+
+def _inner_model(annotation: Any) -> Any:
+    """The model a field holds: itself, or the one inside `X | None`, `dict[str, X]`, `list[X]`."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    for arg in get_args(annotation):
+        if (found := _inner_model(arg)) is not None:
+            return found
+    return None
+
+
+_TOML_KEY = re.compile(r'"(?:[^"\\]|\\.)*"|\'[^\']*\'|[^.\s"\']+')
+
+
+def _key_path(text: str) -> tuple[str, ...]:
+    """A dotted TOML key (`a."b.c".d`) as its parts, quotes removed."""
+    return tuple(part.strip("\"'") for part in _TOML_KEY.findall(text.strip()))
 
 
 def find_key_line(text: str, loc: Sequence[str]) -> int | None:
-    """The 1-based line of `loc` (section, key) in a TOML text; the section header when the key is not
-    written there (a missing key), None when neither is found."""
-    section = loc[0] if loc else ""
-    key = loc[1] if len(loc) > 1 else None
-    current = ""
-    header_line = None
+    """The 1-based line where `loc` (a path of keys, any depth; list indices count array tables) is
+    written in a TOML text: the key's own line, else the line of the longest part of its path that is
+    written (a missing key: its table's header), None when no part is found."""
+    loc = tuple(str(part) for part in loc)
+    table: tuple[str, ...] = ()
+    arrays: dict[tuple[str, ...], int] = {}
+    best, best_depth = None, 0.0
     for number, raw in enumerate(text.splitlines(), start=1):
         line = raw.strip()
-        if line.startswith("[") and not line.startswith("[["):
-            current = line.strip("[] ")
-            if current == section:
-                header_line = number
+        if line.startswith("[["):
+            name = _key_path(line[2:].split("]]", 1)[0])
+            arrays[name] = arrays.get(name, -1) + 1
+            path = table = (*name, str(arrays[name]))
+        elif line.startswith("["):
+            path = table = _key_path(line[1:].split("]", 1)[0])
+        elif "=" in line and not line.startswith("#"):
+            path = (*table, *_key_path(line.split("=", 1)[0]))
+        else:
             continue
-        name = line.split("=", 1)[0].strip().strip('"')
-        if (
-            "=" in line
-            and key is not None
-            and ((current == section and name == key) or name == f"{section}.{key}")
-        ):
-            return number
-        if "=" in line and key is None and current == "" and name == section:
-            return number
-    return header_line
+        # A written prefix of the path beats a line that only shares part of it (a sibling table).
+        shared = _common_prefix(path, loc)
+        depth = shared if shared == len(path) else shared - 0.5
+        if depth > best_depth:
+            best, best_depth = number, depth
+    return best
+
+
+def _common_prefix(a: Sequence[str], b: Sequence[str]) -> int:
+    depth = 0
+    for x, y in zip(a, b, strict=False):
+        if x != y:
+            break
+        depth += 1
+    return depth
 
 
 def to_toml(config: InspectorConfig) -> str:
@@ -411,6 +505,9 @@ def to_toml(config: InspectorConfig) -> str:
 def _toml_value(value: Any) -> str:
     if isinstance(value, bool):
         return "true" if value else "false"
+    if isinstance(value, Mapping):  # e.g. shifts.calendar: an inline table
+        items = (f"{_toml_value(str(k))} = {_toml_value(v)}" for k, v in value.items() if v is not None)
+        return "{ " + ", ".join(items) + " }"
     if isinstance(value, (int, float)):
         return repr(value)
     escaped = str(value).replace("\\", "\\\\").replace('"', '\\"')

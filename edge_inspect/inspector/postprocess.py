@@ -14,23 +14,26 @@ import cv2
 import numpy as np
 
 from edge_inspect.bus.contracts import Defect
-from edge_inspect.inspector.rules import NORMALISED_THRESHOLD, QualityRules, judge, normalise_scores
+from edge_inspect.inspector.rules import NORMALISED_THRESHOLD, QualityRules, decide, normalise_scores
 from edge_inspect.models.package import ModelCard
 
 
 @dataclass(frozen=True)
 class Judgement:
+    """One part's verdict; `rule` names what decided it (inspector/recipe.py), or why it was not judged."""
+
     raw_score: float
     score: float
     verdict: str
     defects: list[Defect]
+    rule: str = ""
 
 
 def non_finite(raw_score: float) -> Judgement:
     """A NaN or infinite model score judges nothing: the part goes to a person, recorded at the threshold
     (undecided) with the reason, so the row keeps a real score in every store."""
     reason = Defect(cls="non_finite_score", score=1.0)
-    return Judgement(raw_score, NORMALISED_THRESHOLD, "REVIEW", [reason])
+    return Judgement(raw_score, NORMALISED_THRESHOLD, "REVIEW", [reason], "non_finite_score")
 
 
 def defect_regions(
@@ -104,6 +107,6 @@ def postprocess(
             defects = defect_regions(anomaly_map, card.thresholds.threshold, card, frame_hws[i])
         else:
             defects = [Defect(cls=card.classes[0], score=float(score))]
-        verdict = judge(float(score), defects, card.thresholds, rules)
-        judgements.append(Judgement(float(raw), float(score), verdict, defects))
+        verdict, rule = decide(float(score), defects, card.thresholds, rules)
+        judgements.append(Judgement(float(raw), float(score), verdict, defects, rule))
     return judgements

@@ -49,6 +49,7 @@ STAGE_SECONDS_BUCKETS: tuple[float, ...] = (
     2.0,
 )
 DELIVERY_OUTCOMES: tuple[str, ...] = ("delivered", "retry", "dead")
+RECIPE_OUTCOMES: tuple[str, ...] = ("loaded", "refused")
 GPU_LABELS: tuple[str, ...] = ("gpu", "name")
 
 
@@ -298,7 +299,21 @@ class InspectorMetrics:
             ["outcome"],
             registry=self.registry,
         )
+        self.line_alarms = Counter(
+            "edgeinspect_line_alarms",
+            "Line alarms raised by the recipe's rules (e.g. N NG parts in M minutes on one camera).",
+            ["camera", "rule"],
+            registry=self.registry,
+        )
+        self.recipe_reloads = Counter(
+            "edgeinspect_recipe_reloads",
+            "Recipe files loaded (a changed file took over) or refused (an error; the old recipe serves).",
+            ["outcome"],
+            registry=self.registry,
+        )
         # Outcomes appear at 0 from the start, so that rate() and alerts work before the first event.
+        for outcome in RECIPE_OUTCOMES:
+            self.recipe_reloads.labels(outcome=outcome)
         for outcome in DELIVERY_OUTCOMES:
             self.mes_deliveries.labels(outcome=outcome)
         nvml = start_nvml()
@@ -340,6 +355,12 @@ class InspectorMetrics:
 
     def model_swap(self, outcome: str) -> None:
         self.model_swaps.labels(outcome=outcome).inc()
+
+    def line_alarm(self, camera: str, rule: str) -> None:
+        self.line_alarms.labels(camera=camera, rule=rule).inc()
+
+    def recipe_reload(self, outcome: str) -> None:
+        self.recipe_reloads.labels(outcome=outcome).inc()
 
     def set_model(self, model: ModelRef, family: str, provider: str) -> None:
         """Publish the served model; call again after a model swap (the old labels are replaced)."""

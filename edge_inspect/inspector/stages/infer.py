@@ -1,5 +1,9 @@
 """Infer stage: prepared batch → model (`infer` on the host, a device runtime on the device path) →
-`postprocess` → `rules` → one outcome per frame.
+`postprocess` → `rules` (the recipe in force, per camera) → one outcome per frame.
+
+With `[rules] recipe` set, the stage follows the recipe file (inspector/recipe.py RecipeHolder, checked
+every few seconds between batches): a changed file takes over from the next batch; a bad one is refused
+and the old recipe keeps judging. Every result names the rule that decided it and the recipe's hash.
 
 Any stage's failure still accounts for every frame: a batch whose preprocessing, inference or
 postprocessing raised becomes REVIEW results whose defect names the stage (`preprocess_error`, ...),
@@ -16,9 +20,11 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from edge_inspect.bus.contracts import Defect, InspectionResult, StageTimings
+from edge_inspect.inspector.alarms import AlarmEvaluator
 from edge_inspect.inspector.batching import InferenceSlot
 from edge_inspect.inspector.model_source import ActiveModel
 from edge_inspect.inspector.postprocess import Judgement
+from edge_inspect.inspector.recipe import AlarmRule, LoadedRecipe, RecipeHolder, apply_recipe
 from edge_inspect.inspector.rules import NORMALISED_THRESHOLD, QualityRules
 from edge_inspect.inspector.stages.base import Stage
 from edge_inspect.inspector.stages.prepare import PreparedBatch
@@ -45,16 +51,36 @@ class Judged:
     postprocess_ms: float
     failed_stage: str | None = None
     error: str | None = None
+    # sha256 of the recipe file the batch was judged under; None: the config's own rules.
+    recipe: str | None = None
 
 
 def review_judgements(stage: str, count: int) -> list[Judgement]:
     """REVIEW for every frame of a batch whose `stage` raised."""
     error = Defect(cls=f"{stage}_error", score=1.0)
-    return [Judgement(float("nan"), NORMALISED_THRESHOLD, "REVIEW", [error]) for _ in range(count)]
+    return [
+        Judgement(float("nan"), NORMALISED_THRESHOLD, "REVIEW", [error], f"{stage}_error")
+        for _ in range(count)
+    ]
 
 
-def judge(prepared: PreparedBatch, run_model: RunModel, rules: QualityRules) -> Judged:
-    """Infer, postprocess and apply the rules to a prepared batch; never raises."""
+def under_recipe(
+    prepared: PreparedBatch, judgements: list[Judgement], loaded: LoadedRecipe
+) -> list[Judgement]:
+    """The batch's parts re-decided under the recipe, each for its own camera."""
+    thresholds = prepared.active.card.thresholds
+    decided = []
+    for frame, judgement in zip(prepared.frames, judgements, strict=True):
+        verdict, rule = apply_recipe(judgement, frame.header.camera_id, loaded.recipe, thresholds)
+        decided.append(dataclasses.replace(judgement, verdict=verdict, rule=rule))
+    return decided
+
+
+def judge(
+    prepared: PreparedBatch, run_model: RunModel, rules: QualityRules, recipe: LoadedRecipe | None = None
+) -> Judged:
+    """Infer, postprocess and apply the rules (the recipe, when one is in force) to a prepared batch;
+    never raises."""
     from edge_inspect.inspector.postprocess import postprocess
 
     active, images = prepared.active, prepared.images
@@ -69,14 +95,17 @@ def judge(prepared: PreparedBatch, run_model: RunModel, rules: QualityRules) -> 
         stage = "postprocess"
         hws = [(img.shape[0], img.shape[1]) for img in images]
         judgements = postprocess(outputs, active.card, rules, hws)
+        if recipe is not None:
+            judgements = under_recipe(prepared, judgements, recipe)
     except Exception as exc:  # any stage's failure must still account for every frame
         if stage == "infer":
             t2 = time.perf_counter()
         t3 = time.perf_counter()
         judgements = review_judgements(stage, len(prepared.frames))
-        return Judged(judgements, (t2 - t1) * 1e3, (t3 - t2) * 1e3, stage, repr(exc))
+        sha = recipe.sha256 if recipe is not None else None
+        return Judged(judgements, (t2 - t1) * 1e3, (t3 - t2) * 1e3, stage, repr(exc), sha)
     t3 = time.perf_counter()
-    return Judged(judgements, (t2 - t1) * 1e3, (t3 - t2) * 1e3)
+    return Judged(judgements, (t2 - t1) * 1e3, (t3 - t2) * 1e3, recipe=recipe.sha256 if recipe else None)
 
 
 def stage_timings(
@@ -114,13 +143,18 @@ def outcomes(prepared: PreparedBatch, judged: Judged, t_done_ns: int, ok_rate: f
             defects=judgement.defects,
             model=active.ref,
             timings_ms=stage_timings(frame, prepared, decode_ms, judged, t_done_ns),
+            rule=judgement.rule or None,
+            recipe=judged.recipe,
         )
         made.append(Outcome(result, image_to_archive(result, image, ok_rate), active.device))
     return made
 
 
 class InferStage(Stage):
-    """Takes prepared batches from `slot` until None, hands their outcomes to the record stage."""
+    """Takes prepared batches from `slot` until None, hands their outcomes to the record stage.
+
+    `alarms` evaluates the recipe's line alarms over recorded results: the record stage calls its
+    `observe` (another thread; it reads the recipe in force, a reference swapped whole)."""
 
     name = "infer"
 
@@ -140,6 +174,17 @@ class InferStage(Stage):
         self._ok_rate = archive_ok_rate
         self._device_path = device_path
         self._metrics = metrics
+        # Raises RecipeError when the file went bad since the config was validated: no old recipe to keep.
+        self.recipes = (
+            RecipeHolder(rules.recipe, rules, on_reload=metrics.recipe_reload)
+            if rules.recipe is not None
+            else None
+        )
+        self.alarms = AlarmEvaluator(self.alarm_rules, metrics)
+
+    def alarm_rules(self) -> list[AlarmRule]:
+        """The line alarms of the recipe in force (none without a recipe file)."""
+        return self.recipes.loaded.recipe.alarms if self.recipes is not None else []
 
     def run(self) -> None:
         try:
@@ -152,7 +197,8 @@ class InferStage(Stage):
             self._outbox.put(None)
 
     def judge(self, prepared: PreparedBatch) -> list[Outcome]:
-        judged = judge(prepared, self.run_model, self._rules)
+        recipe = self.recipes.current() if self.recipes is not None else None
+        judged = judge(prepared, self.run_model, self._rules, recipe)
         if judged.failed_stage is not None:
             self._metrics.stage_error(judged.failed_stage)
             self.tally.add("stage_errors", judged.failed_stage)
@@ -170,7 +216,12 @@ class InferStage(Stage):
             self._metrics.stage_error("postprocess")
             self.tally.add("stage_errors", "postprocess")
             log_event(log, logging.ERROR, "postprocess_failed", error=repr(exc), batch=len(prepared.frames))
-            failed = Judged(review_judgements("postprocess", len(prepared.frames)), judged.infer_ms, 0.0)
+            failed = Judged(
+                review_judgements("postprocess", len(prepared.frames)),
+                judged.infer_ms,
+                0.0,
+                recipe=judged.recipe,
+            )
             without_images = dataclasses.replace(prepared, images=[None] * len(prepared.frames))
             return outcomes(without_images, failed, time.time_ns(), self._ok_rate)
 
