@@ -303,6 +303,63 @@ class ShiftsConfig(Section):
         return MesConfig._absolute_http_url(url)
 
 
+class MqttConfig(Section):
+    """The MQTT output (sinks/mqtt_output.py, topics in docs/outputs.md): results, alarms and statuses
+    from the record store to a broker, QoS 1, at least once. `host` unset: off. `line` is the topic's
+    line level. The password is never written here: `password_file` holds it. `ca_file` turns TLS on
+    (`client_cert` + `client_key` for mutual TLS). A camera is reported offline after `camera_timeout_s`
+    without a result."""
+
+    host: str | None = None
+    port: int = Field(1883, ge=1, le=65535)
+    line: str = Field("line-1", min_length=1, max_length=128)
+    topic_prefix: str = Field("edgeinspect", min_length=1, max_length=64)
+    # The broker keeps this client's session across reconnects; unset: edgeinspect-<line>.
+    client_id: str | None = Field(None, min_length=1, max_length=128)
+    keepalive_s: int = Field(15, ge=1, le=3600)
+    username: str | None = None
+    password_file: ExistingFile = None
+    ca_file: ExistingFile = None
+    client_cert: ExistingFile = None
+    client_key: ExistingFile = None
+    camera_timeout_s: float = Field(30.0, gt=0)
+    # Results published and not yet acknowledged at most (each is up to three messages).
+    max_in_flight: int = Field(100, ge=1, le=10_000)
+    poll_ms: float = Field(50.0, gt=0, le=60_000)
+
+    @property
+    def enabled(self) -> bool:
+        return self.host is not None
+
+
+class OpcUaConfig(Section):
+    """The OPC UA server (sinks/opcua_output.py, nodes in docs/outputs.md): per station the last result,
+    counters, camera status, a ResultReady event and the reject output. `endpoint` unset: off. The
+    server is read-only and unencrypted (SecurityPolicy None): keep it on the machine network's
+    segment the PLC is on. `Reject` stays true `reject_pulse_ms` after the last NG; an NG captured more
+    than `reject_max_age_ms` before it reaches the server (replayed after a restart) is counted but
+    does not touch the reject output, so a PLC never rejects a part that has long passed."""
+
+    endpoint: str | None = None
+    line: str = Field("line-1", min_length=1, max_length=128)
+    namespace_uri: str = "urn:edgeinspect"
+    reject_pulse_ms: float = Field(500.0, gt=0, le=600_000)
+    reject_max_age_ms: float = Field(5000.0, gt=0)
+    camera_timeout_s: float = Field(30.0, gt=0)
+    poll_ms: float = Field(20.0, gt=0, le=60_000)
+
+    @field_validator("endpoint")
+    @classmethod
+    def _opc_tcp_url(cls, endpoint: str | None) -> str | None:
+        if endpoint is not None and not endpoint.startswith("opc.tcp://"):
+            raise ValueError(f"{endpoint!r} must be an opc.tcp://host:port/path URL")
+        return endpoint
+
+    @property
+    def enabled(self) -> bool:
+        return self.endpoint is not None
+
+
 class InspectorConfig(Section):
     model: ModelSource
     bus: BusConfig = BusConfig()
@@ -313,6 +370,8 @@ class InspectorConfig(Section):
     retention: RetentionConfig = RetentionConfig()
     metrics: MetricsConfig = MetricsConfig()
     mes: MesConfig = MesConfig()
+    mqtt: MqttConfig = MqttConfig()
+    opcua: OpcUaConfig = OpcUaConfig()
     shifts: ShiftsConfig = ShiftsConfig()
 
     @model_validator(mode="after")

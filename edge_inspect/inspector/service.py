@@ -37,6 +37,7 @@ from edge_inspect.inspector.device.frame_path import (
 )
 from edge_inspect.inspector.housekeeping import Housekeeping
 from edge_inspect.inspector.model_source import ActiveModel, ModelSource
+from edge_inspect.inspector.outputs import Output, start_outputs, stop_outputs
 from edge_inspect.inspector.stages.base import Stage, merge_tallies
 from edge_inspect.inspector.stages.infer import InferStage
 from edge_inspect.inspector.stages.prepare import PreparedBatch, PrepareStage
@@ -140,6 +141,7 @@ class Inspector:
         )
         self._deliverer: Any = None
         self._housekeeping: Housekeeping | None = None
+        self._outputs: list[Output] = []
         self.metrics_server = (
             self.metrics.serve(
                 config.metrics.port,
@@ -174,6 +176,8 @@ class Inspector:
 
     # -- lifetime ---------------------------------------------------------------------------------
     def start(self) -> None:
+        # First: a plant output that cannot start (an OPC UA port taken) fails start with nothing running.
+        self._outputs = start_outputs(self.config, self.metrics)
         if self.config.mes.url:
             # Started before the record stage, so the very first results already get outbox rows.
             self._deliverer = self._start_deliverer()
@@ -223,6 +227,8 @@ class Inspector:
             log_event(log, logging.CRITICAL, "stop_timed_out", stages=stuck, timeout_s=timeout_s)
         if self._housekeeping is not None:
             self._housekeeping.join(max(0.0, deadline - time.monotonic()))
+        # After the stages drained, so that the outputs get the last results too.
+        stop_outputs(self._outputs, max(0.5, min(5.0, deadline - time.monotonic())))
         if self._deliverer is not None:
             self._deliverer.stop()
         if self.metrics_server is not None:

@@ -299,6 +299,7 @@ class InspectorMetrics:
             ["outcome"],
             registry=self.registry,
         )
+        self._add_output_metrics()
         self.line_alarms = Counter(
             "edgeinspect_line_alarms",
             "Line alarms raised by the recipe's rules (e.g. N NG parts in M minutes on one camera).",
@@ -384,6 +385,46 @@ class InspectorMetrics:
 
     def set_outbox_dead(self, dead: int) -> None:
         self.mes_outbox_dead.set(dead)
+
+    # Plant outputs (sinks/result_tail.py: MQTT, OPC UA) ------------------------------------------------
+
+    def _add_output_metrics(self) -> None:
+        self.output_published = Counter(
+            "edgeinspect_output_published",
+            "Results a plant output delivered (MQTT: PUBACK received; OPC UA: node values written).",
+            ["output"],
+            registry=self.registry,
+        )
+        self.output_lag = Gauge(
+            "edgeinspect_output_lag_results",
+            "Results recorded but not yet acknowledged by the output's peer (behind its cursor).",
+            ["output"],
+            registry=self.registry,
+        )
+        self.output_connected = Gauge(
+            "edgeinspect_output_connected",
+            "1 while the output is connected to its peer (MQTT broker) or serving (OPC UA server), else 0.",
+            ["output"],
+            registry=self.registry,
+        )
+        self.output_errors = Counter(
+            "edgeinspect_output_errors",
+            "Output failures by reason (disconnected, publish_failed, ...); the output retries.",
+            ["output", "reason"],
+            registry=self.registry,
+        )
+
+    def output_delivered(self, output: str, count: int = 1) -> None:
+        self.output_published.labels(output=output).inc(count)
+
+    def set_output_lag(self, output: str, lag: int) -> None:
+        self.output_lag.labels(output=output).set(lag)
+
+    def set_output_connected(self, output: str, connected: bool) -> None:
+        self.output_connected.labels(output=output).set(1 if connected else 0)
+
+    def output_error(self, output: str, reason: str) -> None:
+        self.output_errors.labels(output=output, reason=reason).inc()
 
     def serve(
         self, port: int, addr: str = "127.0.0.1", probes: Mapping[str, Probe] | None = None
