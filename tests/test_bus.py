@@ -148,23 +148,54 @@ def test_lossless_pushes_back_on_a_slow_receiver_and_loses_nothing() -> None:
     assert stats.backpressure_seconds > 0.05
 
 
-def test_a_blocked_lossless_send_gives_up_when_asked_to_stop(tmp_path) -> None:
+def test_a_full_replay_buffer_blocks_capture_and_a_stop_drops_counted(tmp_path) -> None:
     image = np.zeros((HEIGHT, WIDTH, 3), np.uint8)
     stop = threading.Event()
-    # Nobody binds: the queue fills after the high-water mark and the next send blocks.
+    # Nobody binds: nothing is ever acknowledged, so the replay buffer (two frames) fills and capture waits.
     stopper = threading.Timer(0.2, stop.set)
     stopper.start()
     with FrameSender(
-        f"ipc://{tmp_path / 'gone'}", "lossless", should_stop=stop.is_set, linger_ms=0
+        f"ipc://{tmp_path / 'gone'}",
+        "lossless",
+        should_stop=stop.is_set,
+        linger_ms=0,
+        replay_bytes=2 * image.nbytes + 1024,
     ) as sender:
-        for seq in range(10):
-            sender.send(header(seq), image)
+        results = [sender.send(header(seq), image) for seq in range(10)]
         stats = sender.stats
     stopper.join()
-    assert stats.sent + stats.dropped == 10
-    assert stats.dropped >= 1
-    assert stats.backpressure_events == stats.dropped
+    assert results == [True, True] + [False] * 8
+    assert (stats.sent, stats.dropped, stats.unacked, stats.acked) == (2, 8, 2, 0)
+    assert stats.backpressure_events == stats.replay_full_events == 8
     assert stats.backpressure_seconds >= 0.15
+
+
+def test_lossless_frames_are_resent_to_a_restarted_receiver_and_acked_once() -> None:
+    image = np.zeros((HEIGHT, WIDTH, 3), np.uint8)
+    with FrameReceiver("tcp://127.0.0.1:*", auto_ack=False) as first:
+        endpoint = first.endpoint
+        with FrameSender(endpoint, "lossless") as sender:
+            for seq in range(3):
+                sender.send(header(seq), image)
+            got = [parse_header(first.recv(timeout_ms=5000)[0]).seq for _ in range(3)]
+            assert got == [0, 1, 2]
+            first.ack("cam-test", [0])  # only the first is committed before the "crash"
+            deadline = time.monotonic() + 5
+            while sender.stats.acked < 1 and time.monotonic() < deadline:
+                sender.pump(50)
+            assert sender.stats.acked == 1
+            first.close()
+            with FrameReceiver(endpoint) as second:  # auto-acks: it records on receipt
+                deadline = time.monotonic() + 10
+                seqs: list[int] = []
+                while sender.stats.unacked and time.monotonic() < deadline:
+                    sender.pump(50)
+                    while (parts := second.recv(timeout_ms=0)) is not None:
+                        seqs.append(parse_header(parts[0]).seq)
+                stats = sender.stats
+    assert seqs == [1, 2]
+    assert (stats.sent, stats.acked, stats.resent, stats.unacked) == (3, 3, 2, 0)
+    assert stats.reconnects >= 1
 
 
 def _wait_until_connected(sender: FrameSender, receiver: FrameReceiver) -> SenderStats:

@@ -17,6 +17,8 @@ from msgspec import Meta
 
 FRAME_SCHEMA_VERSION = 1
 RESULT_SCHEMA_VERSION = 1
+# Version of the bus control messages (`Hello`, `Ack`): the one-part messages beside the frames.
+BUS_CONTROL_VERSION = 1
 
 Encoding = Literal["raw", "jpeg"]
 Delivery = Literal["lossless", "latest"]
@@ -143,6 +145,64 @@ def _validation_reason(message: str) -> str:
     return "bad_field"
 
 
+def result_id_of(camera_id: str, t_capture_ns: int, seq: int) -> str:
+    """The id of the result of one frame: the same frame (a replay too) always maps to the same id."""
+    return f"{camera_id}:{t_capture_ns}:{seq}"
+
+
+class Hello(msgspec.Struct, frozen=True, forbid_unknown_fields=True, tag="hello", tag_field="kind"):
+    """Camera → inspector, one part: "I am here, how much credit do I have?". Sent by a lossless camera
+    when its socket is (re)made and as a heartbeat while it has not heard from the inspector."""
+
+    camera_id: IdText
+    delivery: Literal["lossless", "latest"] = "lossless"
+    v: int = BUS_CONTROL_VERSION
+
+
+class Ack(msgspec.Struct, frozen=True, forbid_unknown_fields=True, tag="ack", tag_field="kind"):
+    """Inspector → camera, one part (the ROUTER addresses it). `seqs`: frames whose result is committed
+    (record and MES outbox row, one transaction), or were already recorded (a replayed duplicate): the
+    camera forgets them. `rejected`: frames refused by the frame contract; resending cannot help.
+    `credit`: how many frames the camera may have sent and not yet had acknowledged (a window, not an
+    increment, so a lost Ack never leaks credit). `max_message_bytes`: the largest frame message the
+    inspector accepts; a bigger one would only get the camera disconnected."""
+
+    camera_id: IdText
+    seqs: list[Count] = []
+    rejected: list[Count] = []
+    credit: Count = 0
+    max_message_bytes: Count = 0
+    v: int = BUS_CONTROL_VERSION
+
+
+Control = Hello | Ack
+_CONTROL_DECODER = msgspec.json.Decoder(Control)
+
+
+def encode_control(message: Control) -> bytes:
+    return msgspec.json.encode(message)
+
+
+def parse_control(raw: bytes | memoryview) -> Control:
+    """Decode a one-part bus control message; ContractError (`bad_control`, `unknown_schema`) otherwise."""
+    size = len(raw) if isinstance(raw, bytes) else raw.nbytes
+    if size > MAX_HEADER_BYTES * 16:
+        raise ContractError("bad_control", f"control message is {size} bytes; too large")
+    try:
+        message = _CONTROL_DECODER.decode(raw)
+    except (msgspec.MsgspecError, RecursionError) as exc:
+        raise ContractError(
+            "bad_control",
+            f"one-part message is not a bus control message ({exc}); frames are two parts [header, payload]",
+        ) from None
+    if message.v != BUS_CONTROL_VERSION:
+        raise ContractError(
+            "unknown_schema",
+            f"bus control version {message.v!r} is not supported (this end speaks v{BUS_CONTROL_VERSION})",
+        )
+    return message
+
+
 def encode_frame(header: FrameHeader, payload: np.ndarray | bytes) -> list[bytes | memoryview]:
     """The two message parts. A contiguous array travels as a buffer view, never copied here."""
     if isinstance(payload, np.ndarray):
@@ -222,7 +282,7 @@ class InspectionResult:
         if self.verdict not in VERDICTS:
             raise ValueError(f"verdict {self.verdict!r} is not one of {VERDICTS}")
         if not self.result_id:
-            object.__setattr__(self, "result_id", f"{self.camera_id}:{self.t_capture_ns}:{self.seq}")
+            object.__setattr__(self, "result_id", result_id_of(self.camera_id, self.t_capture_ns, self.seq))
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

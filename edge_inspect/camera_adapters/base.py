@@ -1,25 +1,32 @@
 """The camera loop shared by every source: pace, stamp, encode and publish frames on the frame bus.
 
 `frame_message` is the pure core (image in, wire header and payload out); `run_camera` is the thin loop
-around it that owns the clock and the socket.
+around it that owns the clock and the socket. With a state directory, `SeqJournal` keeps each camera's next
+sequence number and its unacknowledged frames on disk, so a gateway that was killed continues the count
+(the inspector sees the gap) and reports the frames it lost (`lost_at_restart`).
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import math
+import os
 import threading
 import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Protocol
+from urllib.parse import quote
 
 import cv2
 import numpy as np
 
 from edge_inspect.bus.contracts import CHANNELS, DELIVERIES, DTYPES, ENCODINGS, FrameHeader
 from edge_inspect.bus.security import ClientKeys
-from edge_inspect.bus.transport import FrameSender
+from edge_inspect.bus.transport import DEFAULT_REPLAY_BYTES, FrameSender, SenderStats
 from edge_inspect.logs import log_event
 
 logger = logging.getLogger(__name__)
@@ -58,6 +65,12 @@ class CameraConfig:
     seconds: float | None = None
     # CURVE keys when the inspector requires authenticated cameras.
     keys: ClientKeys | None = None
+    # Lossless: bytes of frames kept until acknowledged; when full, capture waits.
+    replay_bytes: int = DEFAULT_REPLAY_BYTES
+    # Lossless: how long a finished run waits for its last frames to be acknowledged.
+    drain_s: float = 30.0
+    # Where the sequence journal lives (None: no journal; a restart begins again at seq 0).
+    state_dir: Path | None = None
 
     def __post_init__(self) -> None:
         if not self.camera_id:
@@ -74,11 +87,23 @@ class CameraConfig:
             raise ValueError(f"max_frames={self.max_frames} must be positive (leave it unset for no limit)")
         if self.seconds is not None and self.seconds <= 0:
             raise ValueError(f"seconds={self.seconds} must be positive (leave it unset for no limit)")
+        if self.replay_bytes < 1:
+            raise ValueError(f"replay_bytes={self.replay_bytes} must be positive")
+        if not (self.drain_s >= 0 and math.isfinite(self.drain_s)):
+            raise ValueError(f"drain_s={self.drain_s} must be a finite number >= 0")
 
 
 @dataclass(frozen=True)
 class CameraStats:
-    """What one run did. `achieved_fps` is the capture rate between the first and the last frame."""
+    """What one run did. `achieved_fps` is the capture rate between the first and the last frame.
+
+    Lossless: `acked` frames are recorded by the inspector; `unacked` were still unacknowledged when the run
+    ended (lost unless the inspector recorded them after all); `dropped` frames were given up at the camera
+    (a stop while the replay buffer was full, or larger than the inspector accepts); `rejected` were refused
+    by the inspector's contract checks. `backpressure_*` count the capture loop's waits (for credit, or for
+    room in a full replay buffer: `replay_full_events`). `lost_at_restart`: frames a previous run of this
+    gateway captured and had not had acknowledged when it was killed (seqs `first_seq - lost_at_restart`
+    .. `first_seq - 1` at most; some may have been recorded, their acks still on the way)."""
 
     captured: int
     sent: int
@@ -87,6 +112,66 @@ class CameraStats:
     backpressure_seconds: float
     elapsed_s: float
     achieved_fps: float
+    acked: int = 0
+    resent: int = 0
+    rejected: int = 0
+    unacked: int = 0
+    replay_full_events: int = 0
+    reconnects: int = 0
+    first_seq: int = 0
+    lost_at_restart: int = 0
+
+
+JOURNAL_VERSION = 1
+
+
+class SeqJournal:
+    """A gateway's memory across a kill: `next_seq` (the seq the next captured frame takes) and the frames
+    captured and not yet acknowledged (`oldest_unacked`, `unacked`). Written, atomically (temporary file and
+    rename), before each frame is sent and after acks free frames; not fsynced, so it survives the process
+    being killed, not a power cut."""
+
+    def __init__(self, state_dir: Path, camera_id: str) -> None:
+        state_dir.mkdir(parents=True, exist_ok=True)
+        self.camera_id = camera_id
+        self.path = state_dir / _journal_name(camera_id)
+
+    def restore(self) -> tuple[int, int]:
+        """(next_seq, lost): where to continue counting, and how many frames the last run left unacknowledged
+        when it ended without a clean stop (0 after a clean stop: that run reported them itself)."""
+        try:
+            state = json.loads(self.path.read_text())
+        except FileNotFoundError:
+            return 0, 0
+        except (OSError, ValueError) as exc:
+            raise ValueError(
+                f"camera state {self.path} is unreadable ({exc}); move it away to start counting from 0"
+            ) from exc
+        if state.get("v") != JOURNAL_VERSION or state.get("camera_id") != self.camera_id:
+            raise ValueError(
+                f"camera state {self.path} is not this camera's (v{JOURNAL_VERSION}); move it away"
+            )
+        return int(state["next_seq"]), int(state["unacked"])
+
+    def write(self, next_seq: int, oldest_unacked: int | None, unacked: int) -> None:
+        state = {
+            "v": JOURNAL_VERSION,
+            "camera_id": self.camera_id,
+            "next_seq": next_seq,
+            "oldest_unacked": oldest_unacked,
+            "unacked": unacked,
+        }
+        tmp = self.path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(state))
+        os.replace(tmp, self.path)
+
+
+def _journal_name(camera_id: str) -> str:
+    """A file name for any camera id: readable when short, a hash keeps long ones distinct and bounded."""
+    name = quote(camera_id, safe="-_")
+    if len(name) > 100:
+        name = f"{name[:60]}~{hashlib.sha256(camera_id.encode()).hexdigest()[:16]}"
+    return f"{name}.seq.json"
 
 
 def frame_message(
@@ -145,13 +230,74 @@ def next_slot(index: int, elapsed_s: float, fps: float) -> int:
     return max(index + 1, math.floor(elapsed_s * fps))
 
 
+class _Run:
+    """One run's moving parts: the sender, the journal and the sequence counter."""
+
+    def __init__(self, config: CameraConfig, stop: threading.Event) -> None:
+        self.config = config
+        self.journal = SeqJournal(config.state_dir, config.camera_id) if config.state_dir else None
+        self.first_seq, self.lost = self.journal.restore() if self.journal else (0, 0)
+        self.next_seq = self.first_seq
+        if self.lost:
+            log_event(
+                logger,
+                logging.WARNING,
+                "frames_lost_at_restart",
+                camera_id=config.camera_id,
+                lost=self.lost,
+                seqs_before=self.first_seq,
+            )
+        self.sender = FrameSender(
+            config.endpoint,
+            config.delivery,
+            should_stop=stop.is_set,
+            keys=config.keys,
+            replay_bytes=config.replay_bytes,
+            on_ack=self.save,
+        )
+
+    def save(self, extra_unacked: int = 0) -> None:
+        """Journal the counter and the unacknowledged frames; `extra_unacked`: the frame about to be sent."""
+        if self.journal is None:
+            return
+        oldest, unacked = self.sender.unacked()
+        if oldest is None and extra_unacked:
+            oldest = self.next_seq - 1
+        self.journal.write(self.next_seq, oldest, unacked + extra_unacked)
+
+    def send(self, header: FrameHeader, payload: np.ndarray) -> None:
+        self.next_seq = header.seq + 1
+        # Journalled before it can reach the wire: a kill after this line counts it lost, never unknown.
+        lossless = self.config.delivery == "lossless"
+        self.save(extra_unacked=1 if lossless else 0)
+        if not self.sender.send(header, payload) and lossless:
+            self.save()
+
+    def idle(self, stop: threading.Event, seconds: float) -> None:
+        """Wait for the next trigger; a lossless sender reads its acks meanwhile."""
+        if self.config.delivery == "latest":
+            stop.wait(max(0.0, seconds))
+            return
+        deadline = time.monotonic() + seconds
+        while not stop.is_set() and (left := deadline - time.monotonic()) > 0:
+            self.sender.pump(max(1, min(50, int(left * 1000))))
+
+    def finish(self) -> None:
+        """Lossless: wait for the last acks; frames still unacknowledged are reported by this run (stats)."""
+        if self.config.delivery == "lossless":
+            self.sender.drain(self.config.drain_s)
+        if self.journal is not None:
+            self.journal.write(self.next_seq, None, 0)
+
+
 def run_camera(source: FrameSource, config: CameraConfig, stop: threading.Event) -> CameraStats:
     """Publish frames from `source` until `stop` is set, a limit is reached or the source runs out."""
     captured = 0
     first_capture = last_capture = 0.0
     frames = iter(source)
     log_event(logger, logging.INFO, "camera_started", **asdict(config))
-    with FrameSender(config.endpoint, config.delivery, should_stop=stop.is_set, keys=config.keys) as sender:
+    run = _Run(config, stop)
+    with run.sender:
         started = time.monotonic()
         slot = 0
         try:
@@ -160,7 +306,7 @@ def run_camera(source: FrameSource, config: CameraConfig, stop: threading.Event)
                     offset = slot / config.fps
                     if config.seconds is not None and offset >= config.seconds:
                         break
-                    stop.wait(max(0.0, started + offset - time.monotonic()))
+                    run.idle(stop, started + offset - time.monotonic())
                     if stop.is_set():
                         break
                 elif config.seconds is not None and time.monotonic() - started >= config.seconds:
@@ -173,20 +319,30 @@ def run_camera(source: FrameSource, config: CameraConfig, stop: threading.Event)
                 if captured == 0:
                     first_capture = last_capture
                 # Every captured frame takes a sequence number, dropped ones too, so the inspector sees gaps.
-                header, payload = frame_message(frame.image, config, captured, time.time_ns(), frame.part_id)
+                seq = run.first_seq + captured
+                header, payload = frame_message(frame.image, config, seq, time.time_ns(), frame.part_id)
                 captured += 1
-                sender.send(header, payload)
+                run.send(header, payload)
                 if config.fps > 0:
                     slot = next_slot(slot, time.monotonic() - started, config.fps)
+            run.finish()
         finally:
             # Release what the source holds (a capture device, a file) even when the loop stops early.
             close = getattr(frames, "close", None)
             if close is not None:
                 close()
         elapsed = time.monotonic() - started
-        bus = sender.stats
+        bus = run.sender.stats
+    stats = _stats(captured, first_capture, last_capture, elapsed, bus, run)
+    log_event(logger, logging.INFO, "camera_stopped", camera_id=config.camera_id, **asdict(stats))
+    return stats
+
+
+def _stats(
+    captured: int, first_capture: float, last_capture: float, elapsed: float, bus: SenderStats, run: _Run
+) -> CameraStats:
     span = last_capture - first_capture
-    stats = CameraStats(
+    return CameraStats(
         captured=captured,
         sent=bus.sent,
         dropped=bus.dropped,
@@ -194,6 +350,12 @@ def run_camera(source: FrameSource, config: CameraConfig, stop: threading.Event)
         backpressure_seconds=round(bus.backpressure_seconds, 6),
         elapsed_s=round(elapsed, 6),
         achieved_fps=round((captured - 1) / span, 3) if captured > 1 and span > 0 else 0.0,
+        acked=bus.acked,
+        resent=bus.resent,
+        rejected=bus.rejected,
+        unacked=bus.unacked,
+        replay_full_events=bus.replay_full_events,
+        reconnects=bus.reconnects,
+        first_seq=run.first_seq,
+        lost_at_restart=run.lost,
     )
-    log_event(logger, logging.INFO, "camera_stopped", camera_id=config.camera_id, **asdict(stats))
-    return stats

@@ -109,8 +109,9 @@ def _common_options() -> argparse.ArgumentParser:
         choices=("lossless", "latest"),
         default="lossless",
         help=(
-            "lossless: every frame arrives, the camera waits when the inspector is behind; latest: never "
-            "wait, drop frames the inspector cannot take (default: lossless)"
+            "lossless: every frame is kept until the inspector acknowledges it recorded, and resent after "
+            "an inspector restart; the camera waits when the inspector is behind or the replay buffer is "
+            "full; latest: never wait, drop frames the inspector cannot take (default: lossless)"
         ),
     )
     common.add_argument(
@@ -131,6 +132,25 @@ def _common_options() -> argparse.ArgumentParser:
     )
     common.add_argument(
         "--server-key", default=None, metavar="FILE", help="the inspector's public key file (NAME.key)"
+    )
+    common.add_argument(
+        "--replay-mb",
+        type=float,
+        default=256.0,
+        help="lossless: MiB of frames kept until acknowledged; when full, capture waits (default: 256)",
+    )
+    common.add_argument(
+        "--drain-s",
+        type=float,
+        default=30.0,
+        help="lossless: seconds a finished run waits for its last acknowledgements (default: 30)",
+    )
+    common.add_argument(
+        "--state-dir",
+        default=None,
+        metavar="DIR",
+        help="keep this camera's sequence journal here, so that after being killed the gateway continues "
+        "its sequence numbers and reports the frames it lost (lost_at_restart)",
     )
     common.add_argument("--loop", action="store_true", help="restart a folder or video file at its end")
     common.add_argument("--max-frames", type=int, default=None, help="stop after this many frames")
@@ -173,6 +193,9 @@ def run(args: argparse.Namespace) -> int:
             max_frames=args.max_frames,
             seconds=args.seconds,
             keys=keys,
+            replay_bytes=max(1, int(args.replay_mb * 1024 * 1024)),
+            drain_s=args.drain_s,
+            state_dir=Path(args.state_dir) if args.state_dir else None,
         )
         source = _build_source(args)
     # RuntimeError: the ELPV package is missing; its message says how to install it.

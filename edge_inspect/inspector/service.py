@@ -1,10 +1,11 @@
 """The inspector service (`edge-inspect serve`): its stages assembled, started, supervised and stopped.
 
-    receive stage   bus → receive.validate → per-camera queues (back-pressure / supersede)   stages/receive.py
+    receive stage   bus → receive.validate → duplicates / per-camera queues (credit / supersede),
+                    acks of committed frames back to the cameras                          stages/receive.py
     prepare stage   queues → dynamic batch → decode → preprocess (overlaps the previous batch's inference)
                                                                                              stages/prepare.py
     infer stage     infer → postprocess → rules                                              stages/infer.py
-    record stage    archive NG/REVIEW images → SQLite results + MES outbox (one transaction) → PUB
+    record stage    archive NG/REVIEW images → SQLite results + MES outbox (one transaction) → ack → PUB
                                                                                              stages/record.py
     model source    load, verify, smoke-test; follow registry promotions                     model_source.py
     deliverer       MES outbox → webhook (at least once, survives restarts)          sinks/mes_webhook.py
@@ -77,6 +78,8 @@ def summarise(counts: dict[str, Any], active: ActiveModel) -> dict[str, Any]:
         return dict(counts.get(kind, {}))
 
     inspected = by_key("inspected")
+    # Replayed frames recognised (lossless cameras resending after a reconnect); listed only when some were.
+    duplicates = {"duplicate": sum(by_key("duplicate").values())} if counts.get("duplicate") else {}
     return {
         "received": sum(by_key("received").values()),
         "inspected": sum(inspected.values()),
@@ -87,6 +90,7 @@ def summarise(counts: dict[str, Any], active: ActiveModel) -> dict[str, Any]:
         "malformed_by_reason": by_key("malformed"),
         "provider": active.provider,
         "model": f"{active.card.name}:{active.card.version}",
+        **duplicates,
     }
 
 
@@ -113,7 +117,13 @@ class Inspector:
         self.auth = self._bus_auth()
         self._stop = threading.Event()
         self.receive = ReceiveStage(
-            config.bus, config.batching.queue_depth, self.metrics, self._zmq, self._stop, self.auth
+            config.bus,
+            config.batching.queue_depth,
+            self.metrics,
+            self._zmq,
+            self._stop,
+            self.auth,
+            config.db_path,
         )
         self.receiver = self.receive.receiver
         self.record = RecordStage(
@@ -126,6 +136,9 @@ class Inspector:
             self.auth,
         )
         self.results_endpoint = self.record.endpoint
+        # A frame is acknowledged to its camera only once its result is committed.
+        self.record.on_committed = self.receive.committed
+        self.record.on_finished = self.receive.record_finished
         slot: InferenceSlot[PreparedBatch] = InferenceSlot(on_idle=self.receive.queues.wake)
         self.prepare = PrepareStage(
             config.batching,

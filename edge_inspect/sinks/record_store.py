@@ -30,7 +30,7 @@ import numpy as np
 
 from edge_inspect.bus.contracts import VERDICTS, InspectionResult
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 OUTBOX_STATES: tuple[str, ...] = ("pending", "delivered", "dead")
 LABELS: tuple[str, ...] = ("OK", "NG")
 DEFAULT_BUSY_TIMEOUT_S = 10.0
@@ -80,6 +80,16 @@ CREATE TABLE labels (
     note         TEXT
 );
 CREATE INDEX labels_result ON labels (result_id, labelled_ns);
+"""
+
+# Schema 2: per camera, the most recently captured frame whose result is committed (updated in the results'
+# transaction). After a restart the inspector compares the next frame with it: a jump is a seq_gap.
+_SEQ_SCHEMA = """
+CREATE TABLE camera_seq (
+    camera_id     TEXT PRIMARY KEY,
+    seq           INTEGER NOT NULL,
+    t_capture_ns  INTEGER NOT NULL
+);
 """
 
 
@@ -158,13 +168,19 @@ class RecordStore:
                 )
             if version == SCHEMA_VERSION:
                 return
+            if version == 1:
+                # In place: version 1 lacks only the sequence table; nothing existing changes.
+                for statement in _split_statements(_SEQ_SCHEMA):
+                    conn.execute(statement)
+                conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+                return
             existing = [row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")]
             if existing:
                 raise RecordStoreError(
                     f"{self.db_path} is an SQLite database with tables {existing} but no edge-inspect schema "
                     "version; it is not a record store: choose another file"
                 )
-            for statement in _split_statements(_SCHEMA):
+            for statement in _split_statements(_SCHEMA + _SEQ_SCHEMA):
                 conn.execute(statement)
             conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
 
@@ -232,42 +248,36 @@ class RecordStore:
 
     def add_results(
         self, items: Sequence[InspectionResult], with_outbox: bool, now_ns: int | None = None
-    ) -> None:
-        """Record results and, with `with_outbox`, queue each for MES delivery, all in one transaction.
+    ) -> set[str]:
+        """Record results and, with `with_outbox`, queue each for MES delivery, all in one transaction,
+        with each camera's newest committed frame (`camera_seqs`). Returns the ids newly recorded.
 
         Idempotent on `result_id`: a result already recorded is left as it was and gets no second
-        outbox row. `now_ns` is when the deliveries become due (default: now).
+        outbox row (a replayed frame). `now_ns` is when the deliveries become due (default: now).
         """
         due_ns = time.time_ns() if now_ns is None else now_ns
+        inserted: set[str] = set()
         with self._write() as conn:
             for result in items:
                 payload = result.to_json()
-                inserted = conn.execute(
-                    "INSERT OR IGNORE INTO results (result_id, camera_id, seq, part_id, station,"
-                    " t_capture_ns, verdict, score, threshold, model_name, model_version, model_sha256,"
-                    " image_path, result_json) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                    (
-                        result.result_id,
-                        result.camera_id,
-                        result.seq,
-                        result.part_id,
-                        result.station,
-                        result.t_capture_ns,
-                        result.verdict,
-                        result.score,
-                        result.threshold,
-                        result.model.name,
-                        result.model.version,
-                        result.model.sha256,
-                        result.image_path,
-                        payload,
-                    ),
-                ).rowcount
-                if with_outbox and inserted:
-                    conn.execute(
-                        "INSERT INTO outbox (result_id, payload, next_attempt_ns) VALUES (?, ?, ?)",
-                        (result.result_id, payload, due_ns),
-                    )
+                if conn.execute(_INSERT_RESULT, _result_row(result, payload)).rowcount:
+                    inserted.add(result.result_id)
+                    if with_outbox:
+                        conn.execute(
+                            "INSERT INTO outbox (result_id, payload, next_attempt_ns) VALUES (?, ?, ?)",
+                            (result.result_id, payload, due_ns),
+                        )
+            _advance_camera_seqs(conn, items)
+        return inserted
+
+    def camera_seqs(self) -> dict[str, tuple[int, int]]:
+        """Per camera, (seq, t_capture_ns) of the most recently captured frame whose result is committed."""
+        rows = self._conn.execute("SELECT camera_id, seq, t_capture_ns FROM camera_seq")
+        return {camera: (seq, t_capture_ns) for camera, seq, t_capture_ns in rows}
+
+    def is_recorded(self, result_id: str) -> bool:
+        row = self._conn.execute("SELECT 1 FROM results WHERE result_id = ?", (result_id,)).fetchone()
+        return row is not None
 
     def query(
         self,
@@ -469,6 +479,49 @@ class RecordStore:
         else:
             sql = f"SELECT {columns} FROM labels ORDER BY labelled_ns, id"
         return [Label(*row) for row in self._conn.execute(sql)]
+
+
+_INSERT_RESULT = (
+    "INSERT OR IGNORE INTO results (result_id, camera_id, seq, part_id, station, t_capture_ns, verdict,"
+    " score, threshold, model_name, model_version, model_sha256, image_path, result_json)"
+    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+)
+
+
+def _result_row(result: InspectionResult, payload: str) -> tuple[Any, ...]:
+    return (
+        result.result_id,
+        result.camera_id,
+        result.seq,
+        result.part_id,
+        result.station,
+        result.t_capture_ns,
+        result.verdict,
+        result.score,
+        result.threshold,
+        result.model.name,
+        result.model.version,
+        result.model.sha256,
+        result.image_path,
+        payload,
+    )
+
+
+def _advance_camera_seqs(conn: sqlite3.Connection, items: Sequence[InspectionResult]) -> None:
+    """Each camera's row moves to the batch's most recently captured frame, if it is newer than the row's:
+    a replayed (older) frame never moves it back, a restarted camera (newer capture, lower seq) does."""
+    newest: dict[str, InspectionResult] = {}
+    for result in items:
+        held = newest.get(result.camera_id)
+        if held is None or (result.t_capture_ns, result.seq) > (held.t_capture_ns, held.seq):
+            newest[result.camera_id] = result
+    for result in newest.values():
+        conn.execute(
+            "INSERT INTO camera_seq (camera_id, seq, t_capture_ns) VALUES (?, ?, ?)"
+            " ON CONFLICT (camera_id) DO UPDATE SET seq = excluded.seq, t_capture_ns = excluded.t_capture_ns"
+            " WHERE (excluded.t_capture_ns, excluded.seq) > (camera_seq.t_capture_ns, camera_seq.seq)",
+            (result.camera_id, result.seq, result.t_capture_ns),
+        )
 
 
 def _split_statements(script: str) -> list[str]:

@@ -1,7 +1,9 @@
 """Record stage: archive NG/REVIEW images (and a sample of OK) → SQLite results + MES outbox, in one
-transaction → Prometheus → results PUB.
+transaction → acknowledgement to the camera (through the receive stage) → Prometheus → results PUB.
 
-A result is written before it is published or delivered. Counts `inspected` by verdict once written.
+A result is written before it is acknowledged, published or delivered. Counts `inspected` by verdict once
+written; a result the store already held (a replayed frame that slipped past the receive stage's check) is
+counted `duplicate` instead, and neither published nor delivered again.
 A part whose image cannot be archived (disk full, an unencodable image) is recorded as REVIEW with the
 reason, without its image; a batch the database refuses is retried, with back-off, until it is written:
 meanwhile the stage reports the store unwritable (`/readyz`) and back-pressure reaches the cameras.
@@ -14,6 +16,7 @@ import logging
 import queue
 import sqlite3
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -96,7 +99,9 @@ def unarchived(result: InspectionResult, exc: BaseException) -> InspectionResult
 
 class RecordStage(Stage):
     """Takes lists of outcomes off `inbox` until None. Binds the results PUB socket at once (so
-    `endpoint` is known before start); `deliverer` (the MES webhook), when given, is woken per batch."""
+    `endpoint` is known before start); `deliverer` (the MES webhook), when given, is woken per batch.
+    `on_committed(results, inserted)` is called after each commit (the receive stage acknowledges the
+    frames), `on_finished()` once the stage has recorded its last batch."""
 
     name = "record"
 
@@ -117,6 +122,8 @@ class RecordStage(Stage):
         self.store_writable = True
         self.inbox: queue.Queue[list[Outcome] | None] = queue.Queue(maxsize=8)
         self.deliverer: Any = None
+        self.on_committed: Callable[[list[InspectionResult], set[str]], None] | None = None
+        self.on_finished: Callable[[], None] | None = None
         self._paths = (db_path, image_dir)
         self._with_outbox = with_outbox
         self._metrics = metrics
@@ -141,27 +148,35 @@ class RecordStage(Stage):
                         self.record(store, outcomes)
         finally:
             store.close()
+            if self.on_finished is not None:
+                self.on_finished()
 
     def record(self, store: RecordStore, outcomes: list[Outcome]) -> None:
         results, archive_failures = archived(store, outcomes)
         if archive_failures:
             self._metrics.stage_error(self.name, archive_failures)
             self.tally.add("stage_errors", self.name, archive_failures)
-        self.write(store, results)
+        inserted = self.write(store, results)
+        if self.on_committed is not None:
+            self.on_committed(results, inserted)
         if self.deliverer is not None:
             self.deliverer.wake()
         for result, outcome in zip(results, outcomes, strict=True):
+            if result.result_id not in inserted:
+                self.tally.add("duplicate", "record")
+                continue
             self._metrics.observe_result(result, outcome.device)
             self.tally.add("inspected", result.verdict)
             if self._publisher is not None:
                 self._publisher.send_multipart([result.camera_id.encode(), result.to_json().encode()])
 
-    def write(self, store: RecordStore, results: list[InspectionResult]) -> None:
-        """Write the batch, retrying until the database takes it: nothing accepted is dropped here."""
+    def write(self, store: RecordStore, results: list[InspectionResult]) -> set[str]:
+        """Write the batch, retrying until the database takes it: nothing accepted is dropped here.
+        Returns the ids newly recorded."""
         delay = RETRY_INITIAL_S
         while True:
             try:
-                store.add_results(results, with_outbox=self._with_outbox)
+                inserted = store.add_results(results, with_outbox=self._with_outbox)
             except (sqlite3.Error, OSError) as exc:
                 self.store_writable = False
                 self._metrics.stage_error(self.name)
@@ -180,7 +195,7 @@ class RecordStage(Stage):
             if not self.store_writable:
                 log_event(log, logging.WARNING, "record_write_recovered", batch=len(results))
             self.store_writable = True
-            return
+            return inserted
 
     def close(self) -> None:
         if self._publisher is not None:
