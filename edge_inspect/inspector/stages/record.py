@@ -195,7 +195,8 @@ class RecordStage(Stage):
             if not self.store_writable:
                 log_event(log, logging.WARNING, "record_write_recovered", batch=len(results))
             self.store_writable = True
-            return inserted
+            # A store that does not say (a wrapper returning None) is taken to have recorded them all.
+            return inserted if inserted is not None else {result.result_id for result in results}
 
     def close(self) -> None:
         if self._publisher is not None:
