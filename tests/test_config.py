@@ -10,7 +10,8 @@ import pytest
 
 from edge_inspect.cli import build_parser
 from edge_inspect.cli.serve import overrides_from_args
-from edge_inspect.inspector.config import ConfigError, find_key_line, load_config, to_toml
+from edge_inspect.inspector.config import ConfigError, load_config, to_toml
+from edge_inspect.inspector.toml_errors import find_key_line
 from tests.helpers import ROOT
 
 SAMPLE = ROOT / "config" / "line.toml"

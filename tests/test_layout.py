@@ -29,11 +29,32 @@ def all_modules() -> dict[str, Path]:
     return {module_name(path): path for path in sorted(PACKAGE.rglob("*.py"))}
 
 
+def type_checking_block(node: ast.AST) -> bool:
+    test = node.test if isinstance(node, ast.If) else None
+    return (isinstance(test, ast.Name) and test.id == "TYPE_CHECKING") or (
+        isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING"
+    )
+
+
+def executed_nodes(tree: ast.AST) -> list[ast.AST]:
+    """Every node that can run: all of them but the bodies of `if TYPE_CHECKING:` (imports for type hints
+    only, never executed)."""
+    nodes, todo = [], [tree]
+    while todo:
+        node = todo.pop()
+        nodes.append(node)
+        if type_checking_block(node):
+            todo.extend(node.orelse)  # type: ignore[attr-defined]
+            continue
+        todo.extend(ast.iter_child_nodes(node))
+    return nodes
+
+
 def imported_modules(path: Path, known: set[str]) -> set[str]:
-    """Every edge_inspect module that `path` imports, at module level or inside functions."""
+    """Every edge_inspect module that `path` imports when it runs, at module level or inside functions."""
     found: set[str] = set()
     package = module_name(path) if path.name == "__init__.py" else module_name(path).rpartition(".")[0]
-    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+    for node in executed_nodes(ast.parse(path.read_text(encoding="utf-8"))):
         if isinstance(node, ast.Import):
             found.update(alias.name for alias in node.names)
         elif isinstance(node, ast.ImportFrom):
@@ -101,6 +122,19 @@ def test_no_module_imports_one_that_imports_it_back() -> None:
 def test_the_cycle_check_sees_cycles_through_function_level_imports() -> None:
     graph = {"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}
     assert cycles(graph) == [["a", "b", "c"]]
+    source = textwrap.dedent(
+        """
+        from typing import TYPE_CHECKING
+        if TYPE_CHECKING:
+            import x
+        else:
+            import y
+        def f():
+            import z
+        """
+    )
+    imported = {n.names[0].name for n in executed_nodes(ast.parse(source)) if isinstance(n, ast.Import)}
+    assert imported == {"y", "z"}
 
 
 def test_the_line_never_imports_the_model_lifecycle() -> None:

@@ -11,7 +11,8 @@ import pytest
 from edge_inspect.bus.contracts import Ack, ContractError, Hello, encode_control, parse_control
 from edge_inspect.bus.transport import Link, ReplayBuffer
 from edge_inspect.camera_adapters.base import SeqJournal
-from edge_inspect.inspector.stages.receive import PendingFrames, SeqTracker
+from edge_inspect.inspector.stages.acks import PendingFrames
+from edge_inspect.inspector.stages.receive import SeqTracker
 
 
 def key(seq: int) -> tuple[str, int]:

@@ -58,7 +58,7 @@ def test_inspector_judges_records_publishes_and_delivers(toy_map_model_dir: Path
         for seq in range(6):
             send(sender, seq, 250 if seq % 2 else 10)  # odd parts are bright: NG for the toy model
         send(sender, 8, 250, encoding="jpeg")  # seqs 6 and 7 never sent: two frames lost upstream
-        rogue = ctx.socket(zmq.PUSH)  # a misbehaving client that ignores the contract
+        rogue = ctx.socket(zmq.DEALER)  # a misbehaving client that ignores the contract
         rogue.connect(inspector.receiver.endpoint)
         rogue.send_multipart([b"{broken", b""])
         header = FrameHeader("cam2", 0, "st1", 0, 60, 40, 1, "uint8", "jpeg")

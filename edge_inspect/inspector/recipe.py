@@ -262,7 +262,7 @@ def parse_recipe(raw: bytes, path: Path, defaults: QualityRules | None = None) -
     try:
         recipe = Recipe.model_validate(merged)
     except ValidationError as exc:
-        from edge_inspect.inspector.config import describe_errors
+        from edge_inspect.inspector.toml_errors import describe_errors
 
         lines = describe_errors(exc, path, text, Recipe)
         raise RecipeError("invalid recipe:\n  " + "\n  ".join(lines)) from None

@@ -124,6 +124,7 @@ class Inspector:
             self._stop,
             self.auth,
             config.db_path,
+            config.batching.max_queued_bytes,
         )
         self.receiver = self.receive.receiver
         self.record = RecordStage(
@@ -137,8 +138,8 @@ class Inspector:
         )
         self.results_endpoint = self.record.endpoint
         # A frame is acknowledged to its camera only once its result is committed.
-        self.record.on_committed = self.receive.committed
-        self.record.on_finished = self.receive.record_finished
+        self.record.on_committed = self.receive.acks.committed
+        self.record.on_finished = self.receive.acks.record_finished
         slot: InferenceSlot[PreparedBatch] = InferenceSlot(on_idle=self.receive.queues.wake)
         self.prepare = PrepareStage(
             config.batching,
@@ -152,6 +153,7 @@ class Inspector:
         self.infer = InferStage(
             slot, self.record, config.rules, config.records.archive_ok_rate, device_path, self.metrics
         )
+        self.record.alarms = self.infer.alarms
         self._deliverer: Any = None
         self._housekeeping: Housekeeping | None = None
         self._outputs: list[Output] = []

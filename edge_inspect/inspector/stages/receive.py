@@ -10,18 +10,15 @@ latest-mode queue).
 
 from __future__ import annotations
 
-import queue
 import threading
 import time
-from collections import defaultdict
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from prometheus_client import Counter
-
-from edge_inspect.bus.contracts import ContractError, InspectionResult, parse_header, result_id_of
-from edge_inspect.inspector.batching import CameraQueues
+from edge_inspect.bus.contracts import ContractError
+from edge_inspect.inspector.batching import DEFAULT_MAX_QUEUED_BYTES, CameraQueues
 from edge_inspect.inspector.receive import validate
+from edge_inspect.inspector.stages.acks import Acknowledgements
 from edge_inspect.inspector.stages.base import Stage, reject
 
 if TYPE_CHECKING:
@@ -32,8 +29,6 @@ if TYPE_CHECKING:
 
 # Short, so acknowledgements queued by the record stage go out promptly: the socket is this thread's alone.
 POLL_MS = 20
-# After a stop, how long acknowledgements of what is still being recorded are sent for.
-ACK_FLUSH_S = 10.0
 
 
 class SeqTracker:
@@ -67,34 +62,6 @@ class SeqTracker:
         return 0
 
 
-class PendingFrames:
-    """Lossless frames accepted and not yet acknowledged (their results not yet committed), by result id.
-    Pure: `recorded` answers whether a result id is in the record store."""
-
-    NEW, IN_PIPELINE, RECORDED = "new", "in_pipeline", "recorded"
-
-    def __init__(self) -> None:
-        self._pending: dict[str, tuple[str, int]] = {}
-
-    def __len__(self) -> int:
-        return len(self._pending)
-
-    def classify(self, camera_id: str, seq: int, t_capture_ns: int, recorded: Any) -> str:
-        """NEW (now pending), IN_PIPELINE (a replay of a pending frame: its ack follows its commit) or
-        RECORDED (a replay of a committed frame: acknowledge it again at once)."""
-        result_id = result_id_of(camera_id, t_capture_ns, seq)
-        if result_id in self._pending:
-            return self.IN_PIPELINE
-        if recorded(result_id):
-            return self.RECORDED
-        self._pending[result_id] = (camera_id, seq)
-        return self.NEW
-
-    def committed(self, result_id: str) -> tuple[str, int] | None:
-        """The (camera, seq) to acknowledge for a committed result; None when it needs no ack (latest)."""
-        return self._pending.pop(result_id, None)
-
-
 class ReceiveStage(Stage):
     """Binds `bind` at once (so `receiver.endpoint` is known before start); `stop` ends the reading, and
     `done` is set once nothing more will be queued. With `db_path` (the inspector's record store), frames
@@ -112,6 +79,7 @@ class ReceiveStage(Stage):
         stop: threading.Event,
         auth: ServerAuth | None = None,
         db_path: Path | None = None,
+        max_queued_bytes: int | None = DEFAULT_MAX_QUEUED_BYTES,
     ) -> None:
         from edge_inspect.bus.transport import FrameReceiver
 
@@ -126,7 +94,7 @@ class ReceiveStage(Stage):
             credit=queue_depth,
             auto_ack=False,
         )
-        self.queues = CameraQueues(queue_depth, self.count_drop)
+        self.queues = CameraQueues(queue_depth, self.count_drop, max_bytes=max_queued_bytes)
         self.done = threading.Event()
         self._metrics = metrics
         self._stop = stop
@@ -135,30 +103,14 @@ class ReceiveStage(Stage):
         self._max_cameras = bus.max_cameras
         self._db_path = db_path
         self._store: RecordStore | None = None
-        self._pending = PendingFrames()
-        self._commits: queue.SimpleQueue[tuple[list[InspectionResult], set[str]] | None] = queue.SimpleQueue()
-        self._duplicates = Counter(
-            "edgeinspect_frames_duplicate",
-            "Replayed frames the inspector already had (in its pipeline or recorded): acknowledged, not "
-            "inspected again; by where they were recognised.",
-            ["camera", "where"],
-            registry=metrics.registry,
-        )
-
-    # -- the record stage's side (its thread) --------------------------------------------------------
-    def committed(self, results: list[InspectionResult], inserted: set[str]) -> None:
-        """Results now committed (`inserted`: those new; the rest were already recorded)."""
-        self._commits.put((results, inserted))
-
-    def record_finished(self) -> None:
-        self._commits.put(None)
+        self.acks = Acknowledgements(self.receiver, metrics)
 
     # -- this thread ---------------------------------------------------------------------------------
     def run(self) -> None:
         try:
             self._open_store()
             while not self._stop.is_set():
-                self._send_acks()
+                self.acks.send_ready()
                 incoming = self.receiver.recv_routed(timeout_ms=POLL_MS)
                 if incoming is not None:
                     with self.working():
@@ -166,7 +118,7 @@ class ReceiveStage(Stage):
         finally:
             self.done.set()
             try:
-                self._ack_until_recorded()
+                self.acks.flush_until_recorded()
             finally:
                 if self._store is not None:
                     self._store.close()
@@ -178,39 +130,6 @@ class ReceiveStage(Stage):
 
         self._store = RecordStore(self._db_path)
         self._seq = SeqTracker(self._store.camera_seqs())
-
-    def _ack_until_recorded(self) -> None:
-        """What was accepted before the stop is still being recorded: acknowledge it as it commits, so the
-        cameras need not resend it to the next inspector."""
-        deadline = time.monotonic() + ACK_FLUSH_S
-        while time.monotonic() < deadline:
-            try:
-                item = self._commits.get(timeout=POLL_MS / 1000)
-            except queue.Empty:
-                continue
-            if item is None:
-                return
-            self._acknowledge(*item)
-
-    def _send_acks(self) -> None:
-        while True:
-            try:
-                item = self._commits.get_nowait()
-            except queue.Empty:
-                return
-            if item is not None:
-                self._acknowledge(*item)
-
-    def _acknowledge(self, results: list[InspectionResult], inserted: set[str]) -> None:
-        seqs: dict[str, list[int]] = defaultdict(list)
-        for result in results:
-            if result.result_id not in inserted:
-                self._duplicates.labels(camera=result.camera_id, where="record").inc()
-            frame = self._pending.committed(result.result_id)
-            if frame is not None:
-                seqs[frame[0]].append(frame[1])
-        for camera, camera_seqs in seqs.items():
-            self.receiver.ack(camera, camera_seqs)
 
     def take_guarded(self, parts: list[memoryview], route: bytes | None = None) -> None:
         """`take`, with any unexpected failure turned into a counted, logged refusal of that one message."""
@@ -230,7 +149,7 @@ class ReceiveStage(Stage):
             self._admit(frame.header.camera_id)
         except ContractError as exc:
             reject(self._metrics, self.tally, self.rejections, exc, None)
-            self._ack_rejected(parts, route)
+            self.acks.rejected(parts, route)
             return
         header = frame.header
         camera = header.camera_id
@@ -248,24 +167,10 @@ class ReceiveStage(Stage):
 
     def _duplicate(self, camera: str, seq: int, t_capture_ns: int) -> bool:
         recorded = self._store.is_recorded if self._store is not None else (lambda _: False)
-        kind = self._pending.classify(camera, seq, t_capture_ns, recorded)
-        if kind == PendingFrames.NEW:
-            return False
-        self.tally.add("duplicate", kind)
-        self._duplicates.labels(camera=camera, where=kind).inc()
-        if kind == PendingFrames.RECORDED:
-            self.receiver.ack(camera, [seq])
-        return True
-
-    def _ack_rejected(self, parts: list[memoryview], route: bytes | None) -> None:
-        if route is None or len(parts) != 2:
-            return
-        try:
-            header = parse_header(parts[0])
-        except ContractError:
-            return  # no seq to name: the camera's own checks make this a bug, not a replay loop
-        if header.delivery == "lossless":
-            self.receiver.ack(header.camera_id, rejected=[header.seq], route=route)
+        kind = self.acks.duplicate(camera, seq, t_capture_ns, recorded)
+        if kind is not None:
+            self.tally.add("duplicate", kind)
+        return kind is not None
 
     def _admit(self, camera_id: str) -> None:
         """Every camera id costs a queue, sequence state and metric series: only `max_cameras` of them."""

@@ -34,6 +34,7 @@ if TYPE_CHECKING:
     import torch
 
     from edge_inspect.bus.security import ServerAuth
+    from edge_inspect.inspector.alarms import AlarmEvaluator
     from edge_inspect.sinks.metrics import InspectorMetrics
     from edge_inspect.sinks.record_store import RecordStore
 
@@ -94,7 +95,9 @@ def unarchived(result: InspectionResult, exc: BaseException) -> InspectionResult
     log_event(log, logging.ERROR, "archive_failed", result_id=result.result_id, error=repr(exc))
     reason = Defect(cls="archive_failed", score=1.0)
     score = result.score if result.verdict == "REVIEW" else NORMALISED_THRESHOLD
-    return dataclasses.replace(result, verdict="REVIEW", score=score, defects=[*result.defects, reason])
+    return dataclasses.replace(
+        result, verdict="REVIEW", score=score, defects=[*result.defects, reason], rule="archive_failed"
+    )
 
 
 class RecordStage(Stage):
@@ -122,6 +125,8 @@ class RecordStage(Stage):
         self.store_writable = True
         self.inbox: queue.Queue[list[Outcome] | None] = queue.Queue(maxsize=8)
         self.deliverer: Any = None
+        # The recipe's line alarms, evaluated on what was recorded; set by the service.
+        self.alarms: AlarmEvaluator | None = None
         self.on_committed: Callable[[list[InspectionResult], set[str]], None] | None = None
         self.on_finished: Callable[[], None] | None = None
         self._paths = (db_path, image_dir)
@@ -167,6 +172,8 @@ class RecordStage(Stage):
                 continue
             self._metrics.observe_result(result, outcome.device)
             self.tally.add("inspected", result.verdict)
+            if self.alarms is not None:
+                self.alarms.observe(result)
             if self._publisher is not None:
                 self._publisher.send_multipart([result.camera_id.encode(), result.to_json().encode()])
 
