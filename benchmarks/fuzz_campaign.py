@@ -32,6 +32,8 @@ from edge_inspect.sinks.record_store import RecordStore
 from tests.helpers import MesReceiver, wait_until
 from tests.toy_models import make_toy_package
 
+POLL_S = 1.0
+
 
 def say(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
@@ -121,14 +123,16 @@ def campaign(messages: int, seed: int, valid_share: float, timeout_s: float) -> 
             sent = send_all(ready["bind"], FrameFuzzer(seed), messages, valid_share)
             valid_ids = set(sent["valid_ids"])
             say(f"sent {messages} messages {sent['kinds']}; waiting for records and deliveries")
+            # Polled seldom: the MES receiver shares this process, and a check reads every id.
+            db = workdir / "records.sqlite"
+            wait_until(lambda: valid_ids <= recorded_ids(db), timeout_s, "valid records", poll_s=POLL_S)
             wait_until(
-                lambda: valid_ids <= recorded_ids(workdir / "records.sqlite"), timeout_s, "valid records"
+                lambda: valid_ids <= delivered(mes), timeout_s, "valid frames delivered", poll_s=POLL_S
             )
-            wait_until(lambda: valid_ids <= delivered(mes), timeout_s, "valid frames delivered to the MES")
             alive = proc.poll() is None and scrape_ok(ready["metrics_port"])
             # Every judged frame's delivery, not only the untouched ones', before the process stops.
             recorded = recorded_ids(workdir / "records.sqlite")
-            wait_until(lambda: recorded <= delivered(mes), timeout_s, "every record delivered")
+            wait_until(lambda: recorded <= delivered(mes), timeout_s, "every record delivered", poll_s=POLL_S)
             proc.send_signal(signal.SIGTERM)
             out, _ = proc.communicate(timeout=60)
         finally:
