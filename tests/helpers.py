@@ -90,3 +90,20 @@ def loopback_config(workdir: Path, settings: dict[str, Any]) -> InspectorConfig:
         "metrics.port": None,
     }
     return build_config({}, {**defaults, **settings})
+
+
+def run_python(script: str, *args: str) -> list[str]:
+    """Run `script` in a fresh interpreter from the repository root (so modules blocked in it stay blocked
+    there alone); its stdout lines, failing with its stderr when it exits non-zero."""
+    path = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
+    result = subprocess.run(
+        [sys.executable, "-c", script, *args],
+        cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": path},
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    return result.stdout.strip().splitlines()

@@ -3,13 +3,9 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 import textwrap
-from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
+from tests.helpers import run_python
 
 # A None entry in sys.modules makes any later `import torch` raise ImportError, as on a bare gateway.
 BLOCK_HEAVY = textwrap.dedent(
@@ -65,26 +61,8 @@ COMMAND_GATEWAY = BLOCK_HEAVY + textwrap.dedent(
 )
 
 
-def run_gateway(script: str) -> list[str]:
-    env = {
-        **os.environ,
-        "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])),
-    }
-    result = subprocess.run(
-        [sys.executable, "-c", script],
-        cwd=REPO,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
-    assert result.returncode == 0, result.stderr
-    return result.stdout.strip().splitlines()
-
-
 def test_camera_library_runs_without_torch_or_onnxruntime() -> None:
-    report = json.loads(run_gateway(LIBRARY_GATEWAY)[-1])
+    report = json.loads(run_python(LIBRARY_GATEWAY)[-1])
     assert report["captured"] == 4
     assert report["received"] == [[seq, f"syn-{seq:06d}", [48, 64, 1]] for seq in range(4)]
     assert report["elpv_test_images"] > 0
@@ -92,7 +70,7 @@ def test_camera_library_runs_without_torch_or_onnxruntime() -> None:
 
 
 def test_camera_command_runs_without_torch_or_onnxruntime() -> None:
-    *output, received = run_gateway(COMMAND_GATEWAY)
+    *output, received = run_python(COMMAND_GATEWAY)
     assert received == "frames=3"
     stats = json.loads(output[-1])
     assert (stats["captured"], stats["sent"]) == (3, 3)

@@ -5,13 +5,10 @@ from __future__ import annotations
 
 import ast
 import json
-import os
-import subprocess
-import sys
 import textwrap
 from pathlib import Path
 
-from tests.helpers import ROOT
+from tests.helpers import ROOT, run_python
 
 PACKAGE = ROOT / "edge_inspect"
 # The serving half: what runs on the line. It may import models/ (package contract, published versions)
@@ -196,19 +193,5 @@ def test_the_inspector_host_path_runs_without_torch_sklearn_or_matplotlib(
     toy_model_dir: Path, tmp_path: Path
 ) -> None:
     script = HOST_PATH_WITHOUT_TRAINING.format(blocked=repr(TRAINING_ONLY))
-    env = {
-        **os.environ,
-        "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
-    }
-    result = subprocess.run(
-        [sys.executable, "-c", script, str(toy_model_dir), str(tmp_path)],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
-    assert result.returncode == 0, result.stderr
-    report = json.loads(result.stdout.strip().splitlines()[-1])
+    report = json.loads(run_python(script, str(toy_model_dir), str(tmp_path))[-1])
     assert report == {"verdicts": {"OK": 1, "NG": 1, "REVIEW": 0}, "loaded": [], "training": []}
