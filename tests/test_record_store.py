@@ -3,6 +3,7 @@ from __future__ import annotations
 import argparse
 import json
 import sqlite3
+import threading
 from dataclasses import replace
 from pathlib import Path
 
@@ -305,3 +306,24 @@ def test_archive_names_stay_within_file_system_limits_for_any_id(store: RecordSt
     assert all(path.is_file() for path in paths)
     assert all(len(part.encode()) <= 255 for path in paths for part in path.parts)
     assert len({path.parent for path in paths}) == len(long_ids)  # distinct ids stay distinct
+
+
+def test_many_connections_may_create_the_store_at_once(tmp_path: Path) -> None:
+    # The inspector's stages, its MES deliverer and its outputs all open the store as they start; the
+    # first opener switching a new file to WAL once made the others fail with "database is locked".
+    for trial in range(10):
+        db = tmp_path / f"records-{trial}.sqlite"
+        errors: list[BaseException] = []
+
+        def open_store(db: Path = db, errors: list[BaseException] = errors) -> None:
+            try:
+                RecordStore(db).close()
+            except BaseException as exc:
+                errors.append(exc)
+
+        threads = [threading.Thread(target=open_store) for _ in range(6)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        assert errors == []

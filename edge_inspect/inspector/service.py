@@ -45,6 +45,7 @@ from edge_inspect.inspector.stages.prepare import PreparedBatch, PrepareStage
 from edge_inspect.inspector.stages.receive import ReceiveStage
 from edge_inspect.inspector.stages.record import RecordStage
 from edge_inspect.logs import log_event
+from edge_inspect.sinks.record_store import RecordStore
 
 if TYPE_CHECKING:
     from edge_inspect.bus.security import ServerAuth
@@ -111,6 +112,8 @@ class Inspector:
         self.metrics = InspectorMetrics()
         self.plan = plan_frame_path(config)
         self.models = ModelSource(config, self.plan, self.metrics)
+        # Created (schema, WAL) here, once, before the stages, the deliverer and the outputs each open it.
+        RecordStore(config.db_path).close()
         # Every model a swap brings is loaded for the same plan, so onto this same device.
         device_path = DeviceFramePath(self.active.model.device) if self.plan.path == "device" else None
         self._zmq = zmq.Context()

@@ -148,7 +148,12 @@ class RecordStore:
 
     def _configure(self, busy_timeout_s: float) -> None:
         self._conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout_s * 1000)}")
-        mode = self._conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+        # WAL is a property of the file, set once: switching needs the file to itself, and SQLite reports
+        # "database is locked" at once (no busy wait) when another connection, just creating the store,
+        # holds it. So only the first opener switches; the others find WAL already set.
+        mode = self._conn.execute("PRAGMA journal_mode").fetchone()[0]
+        if str(mode).lower() != "wal":
+            mode = self._conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
         if str(mode).lower() != "wal":
             raise RecordStoreError(
                 f"cannot switch {self.db_path} to WAL mode (got {mode!r}); the file system probably does not "
