@@ -152,8 +152,16 @@ class RecordStore:
         # "database is locked" at once (no busy wait) when another connection, just creating the store,
         # holds it. So only the first opener switches; the others find WAL already set.
         mode = self._conn.execute("PRAGMA journal_mode").fetchone()[0]
-        if str(mode).lower() != "wal":
-            mode = self._conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+        deadline = time.monotonic() + busy_timeout_s
+        while str(mode).lower() != "wal":
+            try:
+                mode = self._conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+                break
+            except sqlite3.OperationalError as exc:
+                if "locked" not in str(exc) or time.monotonic() > deadline:
+                    raise
+                time.sleep(0.01)
+                mode = self._conn.execute("PRAGMA journal_mode").fetchone()[0]
         if str(mode).lower() != "wal":
             raise RecordStoreError(
                 f"cannot switch {self.db_path} to WAL mode (got {mode!r}); the file system probably does not "
