@@ -39,6 +39,7 @@ from edge_inspect.inspector.device.frame_path import (
 from edge_inspect.inspector.housekeeping import Housekeeping
 from edge_inspect.inspector.model_source import ActiveModel, ModelSource
 from edge_inspect.inspector.outputs import Output, start_outputs, stop_outputs
+from edge_inspect.inspector.probes import readiness, stage_health
 from edge_inspect.inspector.stages.base import Stage, merge_tallies
 from edge_inspect.inspector.stages.infer import InferStage
 from edge_inspect.inspector.stages.prepare import PreparedBatch, PrepareStage
@@ -268,32 +269,12 @@ class Inspector:
         self.stop()
 
     def health_checks(self) -> dict[str, str]:
-        """`/healthz`: per stage "ok", or why not (its thread ended, or one item has held it too long)."""
-        stall_s = self.config.metrics.stall_s
-        checks = {}
-        for stage in self.stages:
-            stalled = stage.stalled_s()
-            if not stage.alive():
-                checks[stage.name] = f"stopped ({stage.failure!r})" if stage.failure else "stopped"
-            elif stalled > stall_s:
-                checks[stage.name] = f"stuck on one item for {stalled:.0f} s (limit {stall_s:.0f} s)"
-            else:
-                checks[stage.name] = "ok"
-        return checks
+        return stage_health(self.stages, self.config.metrics.stall_s)
 
     def readiness_checks(self) -> dict[str, str]:
-        """`/readyz`: able to take frames now: model loaded, bus bound, store writable, disk not full."""
-        from edge_inspect.sinks.retention import free_bytes
-
-        free_mb = free_bytes(self.config.records.workdir) / 2**20
-        minimum = self.config.metrics.min_free_disk_mb
-        return {
-            "model": "ok" if self.active is not None else "no model loaded",
-            "bus": "ok" if self.receiver.endpoint else "not bound",
-            "store": "ok" if self.record.store_writable else "the record database refuses writes",
-            "disk": "ok" if free_mb >= minimum else f"{free_mb:.0f} MiB free, below {minimum:.0f} MiB",
-            **{name: state for name, state in self.health_checks().items() if state != "ok"},
-        }
+        return readiness(
+            self.config, self.receiver.endpoint, self.record.store_writable, self.health_checks()
+        )
 
     def healthy(self) -> bool:
         """Every stage thread is running and none is stuck (after `start`, before `stop`)."""
