@@ -1,6 +1,6 @@
 """Real peers for the plant-output tests: a mosquitto broker on loopback, results to record, free ports.
 
-A peer that is not installed fails the test (`make test-peers` installs them), it never skips it: a
+A peer that is not installed fails the test (`make peers` installs them), it never skips it: a
 skipped broker test would hide exactly the outage behaviour it exists to check.
 """
 
@@ -66,7 +66,7 @@ class Mosquitto:
     def __init__(self, workdir: Path) -> None:
         binary = shutil.which("mosquitto") or shutil.which("mosquitto", path="/usr/sbin:/usr/local/sbin")
         if binary is None:
-            pytest.fail("mosquitto is not installed: run `make test-peers` (apt-get install -y mosquitto)")
+            pytest.fail("mosquitto is not installed: run `make peers` (apt-get install -y mosquitto)")
         self.binary = binary
         self.port = free_port()
         workdir.mkdir(parents=True, exist_ok=True)
