@@ -55,6 +55,21 @@ Count = Annotated[int, Meta(ge=0, le=INT64_MAX)]
 Side = Annotated[int, Meta(ge=1, le=MAX_SIDE)]
 
 
+class CameraHealth(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """The gateway's counters for its camera device, sent with every frame (the inspector exposes the
+    newest per camera). Counts since the gateway started: a gateway restart begins them again at 0.
+
+    `captured`: frames the gateway took from the device; `reconnects`: times the device or stream was
+    reopened after a failure; `underruns`: frames the device produced that never reached the gateway (lost
+    or incomplete buffers, gaps in the camera's own frame ids); `stale_events`: times the stream delivered
+    nothing for longer than its watchdog allows."""
+
+    captured: Count = 0
+    reconnects: Count = 0
+    underruns: Count = 0
+    stale_events: Count = 0
+
+
 class FrameHeader(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     """First part of the two-part ZeroMQ frame message `[header, payload]`.
 
@@ -72,6 +87,12 @@ class FrameHeader(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     part_id: IdText | None = None
     delivery: Literal["lossless", "latest"] = "lossless"
     v: int = FRAME_SCHEMA_VERSION
+    # Added within v1 (optional, so older gateways still speak it): the camera's own frame id and clock
+    # (GigE Vision block id and device timestamp, an RTSP stream's presentation time), and the gateway's
+    # device counters.
+    source_frame_id: Count | None = None
+    t_source_ns: Count | None = None
+    health: CameraHealth | None = None
 
     def to_bytes(self) -> bytes:
         return msgspec.json.encode(self)

@@ -24,7 +24,7 @@ from urllib.parse import quote
 import cv2
 import numpy as np
 
-from edge_inspect.bus.contracts import CHANNELS, DELIVERIES, DTYPES, ENCODINGS, FrameHeader
+from edge_inspect.bus.contracts import CHANNELS, DELIVERIES, DTYPES, ENCODINGS, CameraHealth, FrameHeader
 from edge_inspect.bus.security import ClientKeys
 from edge_inspect.bus.transport import DEFAULT_REPLAY_BYTES, FrameSender, SenderStats
 from edge_inspect.logs import log_event
@@ -38,14 +38,38 @@ class SourceError(RuntimeError):
 
 @dataclass(frozen=True)
 class SourceFrame:
-    """One captured image: (H, W) or (H, W, C) uint8/uint16, BGR when it has three channels."""
+    """One captured image: (H, W) or (H, W, C) uint8/uint16, BGR when it has three channels.
+
+    `frame_id` and `t_source_ns` are the camera's own frame id and timestamp (device clock), when it has
+    them; they travel in the frame header beside the gateway's sequence number and capture time."""
 
     image: np.ndarray
     part_id: str | None = None
+    frame_id: int | None = None
+    t_source_ns: int | None = None
+
+
+@dataclass
+class SourceHealth:
+    """Counters a source that talks to a device keeps (its `health` attribute); the gateway sends them with
+    every frame (`FrameHeader.health`). See `bus.contracts.CameraHealth` for what each one counts."""
+
+    reconnects: int = 0
+    underruns: int = 0
+    stale_events: int = 0
 
 
 class FrameSource(Protocol):
     def __iter__(self) -> Iterator[SourceFrame]: ...
+
+
+class PartIdFeed(Protocol):
+    """Where part ids come from when the image itself does not carry one: a PLC counter or a barcode
+    reader (camera_adapters/part_ids.py). `take` is asked once per captured frame."""
+
+    def take(self, t_capture_ns: int) -> str | None: ...
+
+    def close(self) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -103,7 +127,9 @@ class CameraStats:
     by the inspector's contract checks. `backpressure_*` count the capture loop's waits (for credit, or for
     room in a full replay buffer: `replay_full_events`). `lost_at_restart`: frames a previous run of this
     gateway captured and had not had acknowledged when it was killed (seqs `first_seq - lost_at_restart`
-    .. `first_seq - 1` at most; some may have been recorded, their acks still on the way)."""
+    .. `first_seq - 1` at most; some may have been recorded, their acks still on the way).
+    `reconnects` counts the bus connection's; `device_reconnects`, `underruns` and `stale_events` are the
+    camera device's (`SourceHealth`), 0 for sources without a device."""
 
     captured: int
     sent: int
@@ -120,6 +146,9 @@ class CameraStats:
     reconnects: int = 0
     first_seq: int = 0
     lost_at_restart: int = 0
+    device_reconnects: int = 0
+    underruns: int = 0
+    stale_events: int = 0
 
 
 JOURNAL_VERSION = 1
@@ -180,6 +209,10 @@ def frame_message(
     seq: int,
     t_capture_ns: int,
     part_id: str | None,
+    *,
+    source_frame_id: int | None = None,
+    t_source_ns: int | None = None,
+    health: CameraHealth | None = None,
 ) -> tuple[FrameHeader, np.ndarray]:
     """The header and payload that carry `image` on the bus; the payload is the array itself when raw."""
     if image.ndim == 3 and image.shape[2] == 1:
@@ -216,6 +249,9 @@ def frame_message(
         encoding=config.encoding,
         part_id=part_id,
         delivery=config.delivery,
+        source_frame_id=source_frame_id,
+        t_source_ns=t_source_ns,
+        health=health,
     )
     return header, payload
 
@@ -290,9 +326,15 @@ class _Run:
             self.journal.write(self.next_seq, None, 0)
 
 
-def run_camera(source: FrameSource, config: CameraConfig, stop: threading.Event) -> CameraStats:
-    """Publish frames from `source` until `stop` is set, a limit is reached or the source runs out."""
+def run_camera(
+    source: FrameSource, config: CameraConfig, stop: threading.Event, part_ids: PartIdFeed | None = None
+) -> CameraStats:
+    """Publish frames from `source` until `stop` is set, a limit is reached or the source runs out.
+
+    A frame's part id is the source's own (a file name, a camera frame id) or else the next one from
+    `part_ids` (a trigger source); the source's `health` counters, when it has them, go with every frame."""
     captured = 0
+    device: SourceHealth | None = getattr(source, "health", None)
     first_capture = last_capture = 0.0
     frames = iter(source)
     log_event(logger, logging.INFO, "camera_started", **asdict(config))
@@ -320,8 +362,21 @@ def run_camera(source: FrameSource, config: CameraConfig, stop: threading.Event)
                     first_capture = last_capture
                 # Every captured frame takes a sequence number, dropped ones too, so the inspector sees gaps.
                 seq = run.first_seq + captured
-                header, payload = frame_message(frame.image, config, seq, time.time_ns(), frame.part_id)
+                t_capture_ns = time.time_ns()
+                part_id = frame.part_id
+                if part_id is None and part_ids is not None:
+                    part_id = part_ids.take(t_capture_ns)
                 captured += 1
+                header, payload = frame_message(
+                    frame.image,
+                    config,
+                    seq,
+                    t_capture_ns,
+                    part_id,
+                    source_frame_id=frame.frame_id,
+                    t_source_ns=frame.t_source_ns,
+                    health=_health(captured, device),
+                )
                 run.send(header, payload)
                 if config.fps > 0:
                     slot = next_slot(slot, time.monotonic() - started, config.fps)
@@ -333,13 +388,30 @@ def run_camera(source: FrameSource, config: CameraConfig, stop: threading.Event)
                 close()
         elapsed = time.monotonic() - started
         bus = run.sender.stats
-    stats = _stats(captured, first_capture, last_capture, elapsed, bus, run)
+    stats = _stats(captured, first_capture, last_capture, elapsed, bus, run, _health(captured, device))
     log_event(logger, logging.INFO, "camera_stopped", camera_id=config.camera_id, **asdict(stats))
     return stats
 
 
+def _health(captured: int, device: SourceHealth | None) -> CameraHealth:
+    if device is None:
+        return CameraHealth(captured=captured)
+    return CameraHealth(
+        captured=captured,
+        reconnects=device.reconnects,
+        underruns=device.underruns,
+        stale_events=device.stale_events,
+    )
+
+
 def _stats(
-    captured: int, first_capture: float, last_capture: float, elapsed: float, bus: SenderStats, run: _Run
+    captured: int,
+    first_capture: float,
+    last_capture: float,
+    elapsed: float,
+    bus: SenderStats,
+    run: _Run,
+    health: CameraHealth,
 ) -> CameraStats:
     span = last_capture - first_capture
     return CameraStats(
@@ -358,4 +430,7 @@ def _stats(
         reconnects=bus.reconnects,
         first_seq=run.first_seq,
         lost_at_restart=run.lost,
+        device_reconnects=health.reconnects,
+        underruns=health.underruns,
+        stale_events=health.stale_events,
     )
