@@ -14,7 +14,7 @@ from __future__ import annotations
 import datetime as dt
 import os
 import sys
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
@@ -31,6 +31,7 @@ from pydantic import (
 )
 
 from edge_inspect.bus.security import is_loopback
+from edge_inspect.camera_adapters.config import CameraDefaults, CameraEntry, LineCameras, merge_defaults
 from edge_inspect.inspector.rules import QualityRules
 from edge_inspect.inspector.toml_errors import describe_errors
 
@@ -373,6 +374,10 @@ class InspectorConfig(Section):
     mqtt: MqttConfig = MqttConfig()
     opcua: OpcUaConfig = OpcUaConfig()
     shifts: ShiftsConfig = ShiftsConfig()
+    # The line's cameras (camera_adapters/config.py): the gateways run them; the inspector reads each
+    # one's silence limit.
+    camera_defaults: CameraDefaults = CameraDefaults()
+    cameras: list[CameraEntry] = []
 
     @model_validator(mode="after")
     def _consistent(self) -> InspectorConfig:
@@ -387,7 +392,14 @@ class InspectorConfig(Section):
                 "inference.runtime torch and inference.cuda_graph run on the device frame path only; set "
                 'inference.frame_path to "device" or "auto", or drop them'
             )
+        LineCameras(camera_defaults=self.camera_defaults, cameras=self.cameras)  # unique ids
         return self
+
+    def silent_after_s(self) -> Callable[[str], float]:
+        """Each camera's silence limit: its entry's, else `camera_defaults.silent_after_s`."""
+        limits = {camera.id: camera.silent_after_s for camera in self.cameras}
+        default = self.camera_defaults.silent_after_s
+        return lambda camera_id: limits.get(camera_id, default)
 
     @property
     def db_path(self) -> Path:
@@ -407,7 +419,7 @@ def build_config(
     data: Mapping[str, Any], overrides: Mapping[str, Any] | None = None, source: Path | None = None
 ) -> InspectorConfig:
     """The validated config from a file's tables and dotted-path overrides (flags); raises ConfigError."""
-    merged = _merge(data, overrides or {})
+    merged = merge_defaults(_merge(data, overrides or {}))
     try:
         return InspectorConfig.model_validate(merged)
     except ValidationError as exc:
@@ -460,9 +472,11 @@ def to_toml(config: InspectorConfig) -> str:
     """The effective config as a TOML file that `--config` reads back (unset values are left out)."""
     out = []
     for section, values in config.model_dump(mode="json").items():
-        out.append(f"[{section}]")
-        out.extend(f"{key} = {_toml_value(value)}" for key, value in values.items() if value is not None)
-        out.append("")
+        # A list of tables (`[[cameras]]`) is one table per entry.
+        for table in values if isinstance(values, list) else [values]:
+            out.append(f"[[{section}]]" if isinstance(values, list) else f"[{section}]")
+            out.extend(f"{key} = {_toml_value(value)}" for key, value in table.items() if value is not None)
+            out.append("")
     return "\n".join(out)
 
 

@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Any
 
 from edge_inspect.bus.contracts import VERDICTS
 from edge_inspect.inspector.batching import InferenceSlot
+from edge_inspect.inspector.camera_health import CameraBook, CameraCollector
 from edge_inspect.inspector.config import InspectorConfig
 from edge_inspect.inspector.device.frame_path import (
     DeviceFramePath,
@@ -114,7 +115,10 @@ class Inspector:
         self.plan = plan_frame_path(config)
         self.models = ModelSource(config, self.plan, self.metrics)
         # Created (schema, WAL) here, once, before the stages, the deliverer and the outputs each open it.
-        RecordStore(config.db_path).close()
+        with RecordStore(config.db_path) as store:
+            # Cameras seen before a restart stay known, so one that never came back is reported silent.
+            self.cameras = CameraBook(store.camera_health())
+        self.metrics.registry.register(CameraCollector(self.cameras, config.silent_after_s(), time.time_ns))
         # Every model a swap brings is loaded for the same plan, so onto this same device.
         device_path = DeviceFramePath(self.active.model.device) if self.plan.path == "device" else None
         self._zmq = zmq.Context()
@@ -129,6 +133,7 @@ class Inspector:
             self.auth,
             config.db_path,
             config.batching.max_queued_bytes,
+            self.cameras,
         )
         self.receiver = self.receive.receiver
         self.record = RecordStage(
@@ -159,7 +164,7 @@ class Inspector:
         )
         self.record.alarms = self.infer.alarms
         self._deliverer: Any = None
-        self._housekeeping: Housekeeping | None = None
+        self._housekeeping = Housekeeping(config, self._stop, self.cameras)
         self._outputs: list[Output] = []
         self.metrics_server = (
             self.metrics.serve(
@@ -201,9 +206,7 @@ class Inspector:
             # Started before the record stage, so the very first results already get outbox rows.
             self._deliverer = self._start_deliverer()
             self.record.deliverer = self._deliverer
-        if self.config.retention.enabled:
-            self._housekeeping = Housekeeping(self.config, self._stop)
-            self._housekeeping.start()
+        self._housekeeping.start()
         self.models.start()
         for stage in reversed(self.stages):
             stage.start()
@@ -244,8 +247,7 @@ class Inspector:
                 log_event(log, logging.ERROR, "stage_failed_during_run", stage=stage.name)
         if stuck:
             log_event(log, logging.CRITICAL, "stop_timed_out", stages=stuck, timeout_s=timeout_s)
-        if self._housekeeping is not None:
-            self._housekeeping.join(max(0.0, deadline - time.monotonic()))
+        self._housekeeping.join(max(0.0, deadline - time.monotonic()))
         # After the stages drained, so that the outputs get the last results too.
         stop_outputs(self._outputs, max(0.5, min(5.0, deadline - time.monotonic())))
         if self._deliverer is not None:

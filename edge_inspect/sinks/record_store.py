@@ -28,12 +28,16 @@ from urllib.parse import quote
 import cv2
 import numpy as np
 
-from edge_inspect.bus.contracts import VERDICTS, InspectionResult
+from edge_inspect.bus.contracts import VERDICTS, CameraHealth, InspectionResult
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 OUTBOX_STATES: tuple[str, ...] = ("pending", "delivered", "dead")
 LABELS: tuple[str, ...] = ("OK", "NG")
 DEFAULT_BUSY_TIMEOUT_S = 10.0
+_HEALTH_COLUMNS = (
+    "camera_id, station, last_frame_ns, frames_received, captured, reconnects, underruns, stale_events, "
+    "source_frame_id"
+)
 _OUTBOX_COLUMNS = "id, result_id, payload, attempts, next_attempt_ns, state, last_error, delivered_ns"
 
 _SCHEMA = """
@@ -92,6 +96,24 @@ CREATE TABLE camera_seq (
 );
 """
 
+# Schema 3: per camera, the newest health the inspector saw (inspector/camera_health.py), saved about once a
+# second by housekeeping; the plant outputs and the console read it. `last_frame_ns` is wall clock.
+_CAMERA_HEALTH_SCHEMA = """
+CREATE TABLE camera_health (
+    camera_id        TEXT PRIMARY KEY,
+    station          TEXT NOT NULL,
+    last_frame_ns    INTEGER NOT NULL,
+    frames_received  INTEGER NOT NULL,
+    captured         INTEGER NOT NULL,
+    reconnects       INTEGER NOT NULL,
+    underruns        INTEGER NOT NULL,
+    stale_events     INTEGER NOT NULL,
+    source_frame_id  INTEGER
+);
+"""
+# What each older schema version lacks, in order: an upgrade applies the steps after the file's version.
+_UPGRADES: tuple[tuple[int, str], ...] = ((2, _SEQ_SCHEMA), (3, _CAMERA_HEALTH_SCHEMA))
+
 
 class RecordStoreError(RuntimeError):
     """The record store cannot do what was asked; the message says why and what to do."""
@@ -109,6 +131,21 @@ class OutboxItem:
     state: str
     last_error: str | None
     delivered_ns: int | None
+
+
+@dataclass(frozen=True)
+class CameraReading:
+    """One camera at one moment. `last_frame_ns`: wall clock when its last frame reached the inspector."""
+
+    camera_id: str
+    station: str
+    last_frame_ns: int
+    frames_received: int
+    health: CameraHealth
+    source_frame_id: int | None = None
+
+    def age_s(self, now_ns: int) -> float:
+        return max(0.0, (now_ns - self.last_frame_ns) / 1e9)
 
 
 @dataclass(frozen=True)
@@ -181,10 +218,12 @@ class RecordStore:
                 )
             if version == SCHEMA_VERSION:
                 return
-            if version == 1:
-                # In place: version 1 lacks only the sequence table; nothing existing changes.
-                for statement in _split_statements(_SEQ_SCHEMA):
-                    conn.execute(statement)
+            if version >= 1:
+                # In place: each step only adds tables; nothing existing changes.
+                for step, script in _UPGRADES:
+                    if version < step:
+                        for statement in _split_statements(script):
+                            conn.execute(statement)
                 conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
                 return
             existing = [row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")]
@@ -193,7 +232,7 @@ class RecordStore:
                     f"{self.db_path} is an SQLite database with tables {existing} but no edge-inspect schema "
                     "version; it is not a record store: choose another file"
                 )
-            for statement in _split_statements(_SCHEMA + _SEQ_SCHEMA):
+            for statement in _split_statements(_SCHEMA + _SEQ_SCHEMA + _CAMERA_HEALTH_SCHEMA):
                 conn.execute(statement)
             conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
 
@@ -287,6 +326,45 @@ class RecordStore:
         """Per camera, (seq, t_capture_ns) of the most recently captured frame whose result is committed."""
         rows = self._conn.execute("SELECT camera_id, seq, t_capture_ns FROM camera_seq")
         return {camera: (seq, t_capture_ns) for camera, seq, t_capture_ns in rows}
+
+    def save_camera_health(self, readings: Sequence[CameraReading]) -> None:
+        """Replace each camera's saved health with its newest reading."""
+        rows = [
+            (
+                r.camera_id,
+                r.station,
+                r.last_frame_ns,
+                r.frames_received,
+                r.health.captured,
+                r.health.reconnects,
+                r.health.underruns,
+                r.health.stale_events,
+                r.source_frame_id,
+            )
+            for r in readings
+        ]
+        placeholders = ", ".join("?" * 9)
+        with self._write() as conn:
+            conn.executemany(
+                f"INSERT OR REPLACE INTO camera_health ({_HEALTH_COLUMNS}) VALUES ({placeholders})", rows
+            )
+
+    def camera_health(self) -> list[CameraReading]:
+        """Every camera's saved health, by camera id."""
+        rows = self._conn.execute(f"SELECT {_HEALTH_COLUMNS} FROM camera_health ORDER BY camera_id")
+        return [
+            CameraReading(
+                camera_id=row[0],
+                station=row[1],
+                last_frame_ns=row[2],
+                frames_received=row[3],
+                health=CameraHealth(
+                    captured=row[4], reconnects=row[5], underruns=row[6], stale_events=row[7]
+                ),
+                source_frame_id=row[8],
+            )
+            for row in rows
+        ]
 
     def is_recorded(self, result_id: str) -> bool:
         row = self._conn.execute("SELECT 1 FROM results WHERE result_id = ?", (result_id,)).fetchone()

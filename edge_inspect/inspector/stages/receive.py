@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from edge_inspect.bus.contracts import ContractError
 from edge_inspect.inspector.batching import DEFAULT_MAX_QUEUED_BYTES, CameraQueues
+from edge_inspect.inspector.camera_health import CameraBook
 from edge_inspect.inspector.receive import validate
 from edge_inspect.inspector.stages.acks import Acknowledgements
 from edge_inspect.inspector.stages.base import Stage, reject
@@ -80,6 +81,7 @@ class ReceiveStage(Stage):
         auth: ServerAuth | None = None,
         db_path: Path | None = None,
         max_queued_bytes: int | None = DEFAULT_MAX_QUEUED_BYTES,
+        cameras: CameraBook | None = None,
     ) -> None:
         from edge_inspect.bus.transport import FrameReceiver
 
@@ -104,6 +106,7 @@ class ReceiveStage(Stage):
         self._db_path = db_path
         self._store: RecordStore | None = None
         self.acks = Acknowledgements(self.receiver, metrics)
+        self.cameras = cameras if cameras is not None else CameraBook()
 
     # -- this thread ---------------------------------------------------------------------------------
     def run(self) -> None:
@@ -156,6 +159,7 @@ class ReceiveStage(Stage):
         if route is not None:
             self.receiver.remember(camera, route)
         self._metrics.frame_received(camera)
+        self.cameras.seen(header, frame.t_received_ns)
         self.tally.add("received")
         if header.delivery == "lossless" and self._duplicate(camera, header.seq, header.t_capture_ns):
             return
