@@ -240,11 +240,23 @@ def test_eval_reports_pixel_auroc_from_ground_truth_masks(tmp_path: Path) -> Non
         str(root), tmp_path / "package", input_size=SIZE, levels=(3, 4), coreset_ratio=0.25, progress=False
     )
 
-    result = evaluate_package(package, data=str(root), split="test", device="cpu", progress=False)
+    result = evaluate_package(
+        package, data=str(root), split="test", device="cpu", progress=False, target_frrs=(0.2,)
+    )
 
     assert (result["n"], result["n_defective"], result["auroc"]) == (6, 3, 1.0)
     assert result["pixel_auroc_images"] == 5
     assert result["pixel_auroc"] > 0.9
+    # Misses at the calibrated threshold and at one set on the 3 good val crops, per defect type.
+    calibrated = result["at_threshold"]
+    assert calibrated["target_frr"] == load_package(package).card.metrics["calibration"]["target_frr"]
+    misses = result["confusion"]["fn"]
+    assert (calibrated["miss"]["events"], calibrated["miss"]["n"]) == (misses, 3)
+    assert calibrated["miss_by_defect_type"]["spot"] == calibrated["miss"]
+    assert calibrated["false_reject"]["n"] == 3
+    (at_frr,) = result["at_target_frr"]
+    assert at_frr["target_frr"] == 0.2 and at_frr["source"] == "3 good images of the val split"
+    assert at_frr["miss"]["n"] == 3 and 0.0 <= at_frr["miss"]["low"] <= at_frr["miss"]["high"] <= 1.0
 
 
 def test_train_subcommand_parses_its_options() -> None:

@@ -13,6 +13,7 @@ from edge_inspect.cli.retrain import retrain_options
 from edge_inspect.models.registry import promote, promoted, publish, versions
 from edge_inspect.sinks.record_store import RecordStore
 from edge_inspect.training.datasets import elpv_split
+from edge_inspect.training.metrics import MissComparison
 from edge_inspect.training.retrain import decide, held_out, retrain, serving_recipe
 from edge_inspect.training.train_classifier import TrainConfig, train_classifier
 
@@ -55,8 +56,23 @@ def test_decision_refuses_a_worse_candidate_and_says_by_how_much() -> None:
     serving = {"accuracy": 0.90, "n": 100}
     assert decide(serving, {"accuracy": 0.905, "n": 100}, 0.0).publish
     refused = decide(serving, {"accuracy": 0.87, "n": 100}, 0.0)
-    assert not refused.publish and "worse by 3.00 points" in refused.reason
+    assert not refused.publish and "worse by 3.00 accuracy points" in refused.reason
     assert decide(serving, {"accuracy": 0.895, "n": 100}, tolerance_points=1.0).publish
+
+
+def test_decision_refuses_a_candidate_that_lets_more_defects_through_at_the_serving_frr() -> None:
+    same = {"accuracy": 0.90, "n": 100}
+    # Held to the 2 of 60 good parts the serving version rejects, the candidate misses 9 of 40, not 6.
+    worse = MissComparison(60, 40, false_rejects=2, reference_misses=6, candidate_misses=9)
+    refused = decide(same, same, 0.0, worse)
+    assert not refused.publish
+    assert "misses 9 of 40 defective parts, the serving version 6" in refused.reason
+    assert "3 more defective parts through (7.50 points)" in refused.reason
+    assert decide(same, same, 0.0, worse, miss_tolerance_points=7.5).publish
+    better = MissComparison(60, 40, false_rejects=2, reference_misses=6, candidate_misses=4)
+    assert decide(same, same, 0.0, better).publish
+    no_defects = MissComparison(60, 0, false_rejects=2, reference_misses=0, candidate_misses=0)
+    assert "misses were not compared" in decide(same, same, 0.0, no_defects).reason
 
 
 def test_holdout_is_stable_and_near_the_fraction() -> None:
@@ -86,6 +102,7 @@ def test_retrain_builds_the_dataset_compares_side_by_side_and_publishes(tmp_path
             "retrain",
             *("--db", str(db), "--registry", str(registry), "--model-name", NAME),
             *("--base-data", "none", "--line-holdout", "0.5", "--tolerance", "100", "--promote"),
+            *("--miss-tolerance", "100"),
             *("--recipe", "linear-probe", "--epochs", "1", "--workdir", str(tmp_path / "retrain")),
             "--no-progress",
         ]
@@ -102,6 +119,9 @@ def test_retrain_builds_the_dataset_compares_side_by_side_and_publishes(tmp_path
     )
     # Both versions judged the very same held-out images.
     assert outcome["serving"]["n"] == outcome["candidate"]["n"] == dataset["line_held_out"]
+    misses = outcome["misses_at_serving_frr"]
+    assert misses["n_good"] == folders["test/good"] and misses["n_defective"] == folders["test/defect"]
+    assert "defective parts, the serving version" in outcome["decision"]
     assert outcome["published"] and outcome["promoted"]
     assert outcome["candidate"]["version"] in versions(registry, NAME)
     assert promoted(registry, NAME).version == outcome["candidate"]["version"]

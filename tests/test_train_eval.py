@@ -283,11 +283,16 @@ def test_eval_writes_scores_anyone_can_recompute_and_the_report(
         [
             *("eval", str(round_trip.model_dir), "--split", "test", "--limit", str(EVAL_LIMIT), "--json"),
             *("--device", "cpu", "--no-progress", "--scores", str(tmp_path / "s.csv")),
-            *("--report", str(tmp_path / "report")),
+            *("--report", str(tmp_path / "report"), "--at-frr", "0.02"),
         ],
     )
     assert code == 0
     result = json.loads(stdout.strip().splitlines()[-1])
+    # The promise a quality engineer reads: misses at the false-reject rate, with its interval.
+    assert "defective parts let pass" in stdout and "at a threshold for 2.0% false rejects" in stdout
+    (at_frr,) = result["at_target_frr"]
+    assert at_frr["target_frr"] == 0.02 and at_frr["interval"].startswith("Clopper-Pearson")
+    assert at_frr["miss"]["n"] == result["n_defective"]
     rows = list(csv.DictReader((tmp_path / "s.csv").open()))
     assert len(rows) == EVAL_LIMIT and all(not Path(r["path"]).is_absolute() for r in rows)
     assert all((elpv_root() / r["path"]).is_file() for r in rows)

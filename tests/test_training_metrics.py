@@ -8,15 +8,19 @@ from itertools import pairwise
 
 import numpy as np
 import pytest
+from scipy.stats import binom
 from sklearn import metrics as sk
 
 from edge_inspect.training.metrics import (
     auroc,
     best_threshold,
+    clopper_pearson_interval,
     compute_metrics,
     f1_optimal_threshold,
     f1_score_at,
     miss_rate,
+    misses_at_equal_false_rejects,
+    operating_point,
     threshold_for_frr,
 )
 
@@ -122,3 +126,62 @@ def test_miss_rate_is_the_share_of_defects_below_the_threshold(seed: int) -> Non
     bad = scores[labels]
     for threshold in (0.2, 0.5, 0.8):
         assert miss_rate(bad, threshold) == sum(b < threshold for b in bad) / bad.size
+
+
+@pytest.mark.parametrize(("events", "trials"), [(0, 1), (0, 20), (3, 20), (10, 10), (7, 450), (89, 204)])
+def test_clopper_pearson_interval_solves_its_defining_tail_equations(events: int, trials: int) -> None:
+    low, high = clopper_pearson_interval(events, trials, confidence=0.95)
+    assert low <= events / trials <= high
+    # The lower end is the rate at which seeing `events` or more is just 2.5 % likely, the upper end
+    # the rate at which seeing `events` or fewer is.
+    if events:
+        assert binom.sf(events - 1, trials, low) == pytest.approx(0.025, rel=1e-6)
+    else:
+        assert low == 0.0
+    if events < trials:
+        assert binom.cdf(events, trials, high) == pytest.approx(0.025, rel=1e-6)
+    else:
+        assert high == 1.0
+    if events == 0:
+        assert high == pytest.approx(1 - 0.025 ** (1 / trials), rel=1e-9)
+    with pytest.raises(ValueError, match="events <= trials"):
+        clopper_pearson_interval(trials + 1, trials)
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+def test_operating_point_counts_false_rejects_and_misses_per_defect_type(seed: int) -> None:
+    labels, scores = random_case(seed)
+    rng = np.random.default_rng(seed)
+    types = np.where(labels, rng.choice(["crack", "spot"], labels.size), "")
+    threshold = float(np.median(scores))
+    point = operating_point(labels, scores, threshold, types.tolist())
+    good, bad = scores[~labels], scores[labels]
+    assert point["false_reject"]["events"] == sum(g >= threshold for g in good)
+    assert point["false_reject"]["n"] == good.size
+    assert point["miss"]["events"] == sum(b < threshold for b in bad)
+    assert point["miss"]["rate"] == miss_rate(bad, threshold)
+    assert point["miss"]["low"] <= point["miss"]["rate"] <= point["miss"]["high"]
+    for kind, estimate in point["miss_by_defect_type"].items():
+        of_kind = scores[labels & (types == kind)]
+        assert (estimate["events"], estimate["n"]) == (int(np.sum(of_kind < threshold)), of_kind.size)
+    assert sum(e["n"] for e in point["miss_by_defect_type"].values()) == bad.size
+    assert operating_point(labels, scores, threshold)["miss_by_defect_type"] == {}
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+def test_candidate_is_held_to_the_references_false_rejects_and_misses_as_few_as_it_can(seed: int) -> None:
+    labels, reference = random_case(seed)
+    candidate = np.clip(reference + np.random.default_rng(seed).normal(0, 0.15, reference.size), 0, 1)
+    reference_threshold = float(np.quantile(reference[~labels], 0.8))
+    compared = misses_at_equal_false_rejects(labels, reference, reference_threshold, candidate)
+    allowed = sum(g >= reference_threshold for g in reference[~labels])
+    assert compared.false_rejects == allowed
+    assert compared.reference_misses == sum(b < reference_threshold for b in reference[labels])
+    # The fewest misses of any threshold that rejects no more good parts than the reference does.
+    thresholds = [*candidate.tolist(), math.inf]
+    fewest = min(
+        sum(b < t for b in candidate[labels])
+        for t in thresholds
+        if sum(g >= t for g in candidate[~labels]) <= allowed
+    )
+    assert compared.candidate_misses == fewest

@@ -40,7 +40,28 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=None,
         help="write metrics.json, ROC, precision-recall, score histogram and worst-case grid PNGs here",
     )
+    parser.add_argument(
+        "--at-frr",
+        type=parse_rates,
+        default=(),
+        metavar="RATES",
+        help="also report the share of defective parts let through when the threshold is set, on the "
+        "validation split's good parts, to reject these shares of good parts, e.g. 0.005,0.02 "
+        "(default: only the model's own calibrated threshold)",
+    )
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+
+def parse_rates(text: str) -> tuple[float, ...]:
+    try:
+        rates = tuple(float(part) for part in text.split(","))
+    except ValueError:
+        rates = ()
+    if not rates or not all(0.0 < rate < 0.5 for rate in rates):
+        raise argparse.ArgumentTypeError(
+            f"{text!r}: give false-reject rates as fractions in (0, 0.5), comma-separated, e.g. 0.005,0.02"
+        )
+    return rates
 
 
 def handle_eval(args: argparse.Namespace) -> int:
@@ -56,6 +77,7 @@ def handle_eval(args: argparse.Namespace) -> int:
             progress=not args.no_progress,
             scores_csv=Path(args.scores) if args.scores else None,
             report_dir=Path(args.report) if args.report else None,
+            target_frrs=args.at_frr,
         )
     except (ModelPackageError, ValueError, RuntimeError) as exc:
         print(f"edge-inspect eval: {exc}", file=sys.stderr)
@@ -89,9 +111,45 @@ def format_report(result: dict[str, Any]) -> str:
             f"threshold  {result['threshold']:.4f} (review band ±{result['review_band']} normalised)",
             f"review     {result['review_rate']:.1%} of parts; accuracy on the rest "
             + ("n/a" if decided is None else f"{decided:.4f}"),
+            *operating_point_lines(result),
             "confusion  predicted OK / NG",
             f"  good     {confusion['tn']:>6} {confusion['fp']:>6}",
             f"  defect   {confusion['fn']:>6} {confusion['tp']:>6}",
             f"speed      {result['images_per_second']} images/s (preprocess + inference)",
         ]
     )
+
+
+def rate_text(estimate: dict[str, Any] | None, what: str) -> str:
+    if estimate is None:
+        return f"no {what} in this split"
+    return (
+        f"{estimate['rate']:.1%} ({estimate['events']} of {estimate['n']} {what}; 95 % interval "
+        f"{estimate['low']:.1%} to {estimate['high']:.1%})"
+    )
+
+
+def point_lines(title: str, point: dict[str, Any]) -> list[str]:
+    lines = [
+        title,
+        f"  good parts rejected       {rate_text(point['false_reject'], 'good')}",
+        f"  defective parts let pass  {rate_text(point['miss'], 'defective')}",
+    ]
+    for kind, estimate in point["miss_by_defect_type"].items():
+        lines.append(f"    {kind:<23} {rate_text(estimate, kind)}")
+    return lines
+
+
+def operating_point_lines(result: dict[str, Any]) -> list[str]:
+    """Misses at the promised false-reject rate(s), with exact (Clopper-Pearson) intervals."""
+    calibrated = result["at_threshold"]
+    target = calibrated.get("target_frr")
+    promise = f"calibrated for {target:.1%} false rejects on val" if target is not None else "the model's own"
+    lines = point_lines(f"at the model's threshold ({promise}):", calibrated)
+    for point in result["at_target_frr"]:
+        lines += point_lines(
+            f"at a threshold for {point['target_frr']:.1%} false rejects on {point['source']} "
+            f"({point['threshold']:.4g}):",
+            point,
+        )
+    return lines

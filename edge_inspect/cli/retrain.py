@@ -35,6 +35,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--line-holdout", type=float, default=0.2, help="share of line labels held out (0.2)")
     p.add_argument("--tolerance", type=float, default=0.0, help="accuracy points the candidate may lose (0)")
+    p.add_argument(
+        "--miss-tolerance",
+        type=float,
+        default=0.0,
+        help="percentage points of the held-out defective parts the candidate may let through beyond "
+        "the serving version, both rejecting no more good parts than the serving version does (0)",
+    )
     p.add_argument("--promote", action="store_true", help="promote the new version when it is accepted")
     p.add_argument("--recipe", default=None, help="training recipe (default: the serving model's)")
     p.add_argument("--epochs", type=int, default=None, help="epochs (default: the serving model's)")
@@ -55,6 +62,7 @@ def retrain_options(args: argparse.Namespace) -> RetrainOptions:
         test_data=args.test_data,
         line_holdout=args.line_holdout,
         tolerance=args.tolerance,
+        miss_tolerance=args.miss_tolerance,
         promote=args.promote,
         recipe=args.recipe,
         epochs=args.epochs,

@@ -19,7 +19,14 @@ from edge_inspect.inspector.preprocess import PreprocessRecipe, crop, preprocess
 from edge_inspect.inspector.rules import normalise_scores
 from edge_inspect.models.package import ModelCard, Thresholds, load_package
 from edge_inspect.training.datasets import Sample, dataset_splits, limit_samples, load_images
-from edge_inspect.training.metrics import compute_metrics, pixel_auroc, review_metrics, verdicts
+from edge_inspect.training.metrics import (
+    compute_metrics,
+    operating_point,
+    pixel_auroc,
+    review_metrics,
+    threshold_for_frr,
+    verdicts,
+)
 
 if TYPE_CHECKING:
     from edge_inspect.inspector.infer import OnnxModel
@@ -95,6 +102,16 @@ def score_split(
     return SplitScores(all_scores, pixel_maps, pixel_masks)
 
 
+@dataclass(frozen=True)
+class Evaluation:
+    """What `edge-inspect eval` prints (`result`) and the per-image scores behind it."""
+
+    result: dict[str, Any]
+    samples: list[Sample]
+    labels: np.ndarray
+    scores: np.ndarray
+
+
 def evaluate_package(
     model_dir: Path,
     data: str = "elpv",
@@ -104,8 +121,27 @@ def evaluate_package(
     progress: bool = True,
     scores_csv: Path | None = None,
     report_dir: Path | None = None,
+    target_frrs: Sequence[float] = (),
 ) -> dict[str, Any]:
     """Metrics of a package on one split; optionally every image's score as CSV and the picture report."""
+    return evaluate_scored(
+        model_dir, data, split, device, limit, progress, scores_csv, report_dir, target_frrs
+    ).result
+
+
+def evaluate_scored(
+    model_dir: Path,
+    data: str = "elpv",
+    split: str = "test",
+    device: str = "auto",
+    limit: int | None = None,
+    progress: bool = True,
+    scores_csv: Path | None = None,
+    report_dir: Path | None = None,
+    target_frrs: Sequence[float] = (),
+) -> Evaluation:
+    """`evaluate_package` with the scores. `target_frrs`: also report the misses at thresholds set for
+    these false-reject rates on the validation split's good images (never on the evaluated split's)."""
     from edge_inspect.inspector.infer import load_model
 
     package = load_package(model_dir)
@@ -122,6 +158,8 @@ def evaluate_package(
     seconds = time.perf_counter() - started
     all_scores = scored.scores
     labels = np.array([s.defective for s in samples], dtype=bool)
+    types = [s.defect_type if s.defective else "" for s in samples]
+    calibration = card.metrics.get("calibration", {})
     result = {
         "model": card.name,
         "model_version": card.version,
@@ -133,6 +171,16 @@ def evaluate_package(
         **compute_metrics(labels, all_scores, card.thresholds.threshold),
         "review_band": card.thresholds.review_band,
         **review_metrics(labels, all_scores, card.thresholds),
+        "at_threshold": {
+            "target_frr": calibration.get("target_frr"),
+            **operating_point(labels, all_scores, card.thresholds.threshold, types),
+        },
+        "at_target_frr": [
+            {"target_frr": target, **operating_point(labels, all_scores, threshold, types), "source": source}
+            for target, threshold, source in val_thresholds(
+                model, card, splits, root, split, target_frrs, progress
+            )
+        ],
         "pixel_auroc": pixel_auroc(scored.pixel_maps, scored.pixel_masks),
         "pixel_auroc_images": len(scored.pixel_maps),
         "seconds": round(seconds, 3),
@@ -140,7 +188,32 @@ def evaluate_package(
     }
     if scores_csv is not None or report_dir is not None:
         _write_outputs(samples, root, labels, all_scores, card.thresholds, result, scores_csv, report_dir)
-    return result
+    return Evaluation(result, samples, labels, all_scores)
+
+
+def val_thresholds(
+    model: OnnxModel,
+    card: ModelCard,
+    splits: dict[str, list[Sample]],
+    root: Path,
+    split: str,
+    target_frrs: Sequence[float],
+    progress: bool,
+) -> list[tuple[float, float, str]]:
+    """(target, threshold, where it came from) for each target false-reject rate, from the model's
+    scores of the validation split's good images: the threshold a line would have set before seeing the
+    evaluated parts."""
+    if not target_frrs:
+        return []
+    good = [s for s in splits["val"] if not s.defective]
+    if not good:
+        raise ValueError("the val split has no good images: thresholds for --at-frr need them")
+    images = load_images(good, progress=progress, desc="read val good")
+    scores = score_split(model, card, good, images, root, progress).scores
+    source = f"{len(good)} good images of the val split"
+    if split == "val":
+        source += " (the evaluated split itself: an optimistic figure)"
+    return [(target, threshold_for_frr(scores, target), source) for target in target_frrs]
 
 
 def _write_outputs(

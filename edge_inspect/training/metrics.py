@@ -191,3 +191,132 @@ def pixel_auroc(maps: Sequence[np.ndarray], masks: Sequence[np.ndarray]) -> floa
         return None
     truth = np.concatenate([m.reshape(-1) for m in masks])
     return auroc(truth, np.concatenate([m.reshape(-1) for m in maps]))
+
+
+# --- the quality engineer's figures: misses at the promised false-reject rate -------------------------
+
+RATE_INTERVAL = "Clopper-Pearson (exact binomial), two-sided"
+
+
+@dataclass(frozen=True)
+class RateEstimate:
+    """`events` out of `trials` (false rejects of good parts, or misses of defective ones), with the
+    exact two-sided confidence interval of the true rate."""
+
+    events: int
+    trials: int
+    low: float
+    high: float
+
+    @property
+    def rate(self) -> float:
+        return self.events / self.trials
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "events": self.events,
+            "n": self.trials,
+            "rate": self.rate,
+            "low": self.low,
+            "high": self.high,
+        }
+
+
+def clopper_pearson_interval(events: int, trials: int, confidence: float = 0.95) -> tuple[float, float]:
+    """Exact two-sided interval of a binomial rate: the beta quantiles of Clopper and Pearson (1934).
+
+    Never narrower than the truth at small counts, unlike the normal approximation; 0 of n gives the
+    interval [0, 1 - (alpha/2)^(1/n)].
+    """
+    if trials < 1 or not 0 <= events <= trials:
+        raise ValueError(f"need 0 <= events <= trials and trials >= 1, got {events} of {trials}")
+    if not 0.0 < confidence < 1.0:
+        raise ValueError(f"confidence {confidence} must lie strictly between 0 and 1")
+    from scipy.stats import beta
+
+    tail = (1.0 - confidence) / 2
+    low = 0.0 if events == 0 else float(beta.ppf(tail, events, trials - events + 1))
+    high = 1.0 if events == trials else float(beta.ppf(1.0 - tail, events + 1, trials - events))
+    return low, high
+
+
+def rate_estimate(events: int, trials: int, confidence: float = 0.95) -> RateEstimate:
+    return RateEstimate(events, trials, *clopper_pearson_interval(events, trials, confidence))
+
+
+def operating_point(
+    labels: np.ndarray,
+    scores: np.ndarray,
+    threshold: float,
+    defect_types: Sequence[str] = (),
+    confidence: float = 0.95,
+) -> dict[str, Any]:
+    """False-reject and miss rates at `threshold`, each with its interval (as `RateEstimate.to_dict`);
+    misses also per defect type.
+
+    `defect_types` names each image's type ('' for good images and for defects without one); the
+    per-type table is empty when no defect has a type.
+    """
+    truth = np.asarray(labels, dtype=bool)
+    values = as_scores(scores, "evaluated")
+    rejected = values >= threshold
+    point: dict[str, Any] = {
+        "threshold": float(threshold),
+        "confidence": confidence,
+        "interval": RATE_INTERVAL,
+        "false_reject": None,
+        "miss": None,
+        "miss_by_defect_type": {},
+    }
+    if (~truth).any():
+        good = rate_estimate(int(np.sum(rejected & ~truth)), int(np.sum(~truth)), confidence)
+        point["false_reject"] = good.to_dict()
+    if truth.any():
+        defective = rate_estimate(int(np.sum(~rejected & truth)), int(np.sum(truth)), confidence)
+        point["miss"] = defective.to_dict()
+    types = np.asarray(list(defect_types) or [""] * truth.size)
+    for kind in sorted(set(types[truth].tolist()) - {""}):
+        of_kind = truth & (types == kind)
+        misses = int(np.sum(~rejected & of_kind))
+        point["miss_by_defect_type"][kind] = rate_estimate(misses, int(of_kind.sum()), confidence).to_dict()
+    return point
+
+
+def threshold_rejecting_at_most(good_scores: Any, false_rejects: int) -> float:
+    """The lowest threshold that rejects at most `false_rejects` of these good parts (all of them may
+    be rejected when `false_rejects` is their number)."""
+    good = np.sort(as_scores(good_scores, "good"))[::-1]
+    if false_rejects >= good.size:
+        return -math.inf
+    return float(np.nextafter(good[false_rejects], np.inf))
+
+
+@dataclass(frozen=True)
+class MissComparison:
+    """Two models on the same images, the candidate held to the reference's false rejects."""
+
+    n_good: int
+    n_defective: int
+    false_rejects: int
+    reference_misses: int
+    candidate_misses: int
+
+
+def misses_at_equal_false_rejects(
+    labels: np.ndarray, reference_scores: Any, reference_threshold: float, candidate_scores: Any
+) -> MissComparison:
+    """How many defective parts each model lets through when the candidate rejects no more good parts
+    than the reference does at its own threshold: the comparison a line makes at the false-reject rate
+    it promised, independent of where the candidate's own calibration put its threshold."""
+    truth = np.asarray(labels, dtype=bool)
+    reference = as_scores(reference_scores, "reference")
+    candidate = as_scores(candidate_scores, "candidate")
+    false_rejects = int(np.sum(reference[~truth] >= reference_threshold))
+    candidate_threshold = threshold_rejecting_at_most(candidate[~truth], false_rejects)
+    return MissComparison(
+        n_good=int(np.sum(~truth)),
+        n_defective=int(truth.sum()),
+        false_rejects=false_rejects,
+        reference_misses=int(np.sum(reference[truth] < reference_threshold)),
+        candidate_misses=int(np.sum(candidate[truth] < candidate_threshold)),
+    )

@@ -8,8 +8,11 @@
    `test/defect`) of symbolic links: an auditable record of exactly what the new version saw.
 3. A new version is trained on it, then the serving version and the candidate are evaluated on the
    same held-out images (`test/`), side by side.
-4. A candidate worse than the serving version (by more than `--tolerance` accuracy points) is refused,
-   saying by how much; otherwise it is published to the registry (and promoted with `--promote`).
+4. A candidate is refused, saying by how much, when it lets more defective parts through than the
+   serving version at the serving version's false-reject rate (it may reject as many good held-out parts
+   as the serving version does at its threshold, no more; `--miss-tolerance` points allowed), or when its
+   accuracy is lower by more than `--tolerance` points. Otherwise it is published to the registry (and
+   promoted with `--promote`).
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 from edge_inspect.sampling import stable_fraction
 from edge_inspect.training.datasets import Sample, dataset_splits
+from edge_inspect.training.metrics import MissComparison, misses_at_equal_false_rejects
 
 if TYPE_CHECKING:
     from edge_inspect.models.package import ModelCard
@@ -112,15 +116,38 @@ def build_dataset(
     }
 
 
-def decide(serving: dict[str, Any], candidate: dict[str, Any], tolerance_points: float) -> Decision:
-    """Refuse a candidate whose accuracy is lower than the serving version's by more than the tolerance."""
+def decide(
+    serving: dict[str, Any],
+    candidate: dict[str, Any],
+    tolerance_points: float,
+    misses: MissComparison | None = None,
+    miss_tolerance_points: float = 0.0,
+) -> Decision:
+    """Refuse a candidate that lets more defective parts through at the serving version's false-reject
+    rate (`misses`, by more than `miss_tolerance_points` of the defective parts), or whose accuracy is
+    lower by more than `tolerance_points`. Without held-out defects only accuracy can be compared."""
     delta = 100.0 * (candidate["accuracy"] - serving["accuracy"])
     summary = (
         f"candidate accuracy {candidate['accuracy']:.4f} vs serving {serving['accuracy']:.4f} "
         f"({delta:+.2f} points) on the same {candidate['n']} held-out images"
     )
+    refusals = []
+    if misses is not None and misses.n_defective:
+        extra = misses.candidate_misses - misses.reference_misses
+        extra_points = 100.0 * extra / misses.n_defective
+        summary += (
+            f"; rejecting at most the {misses.false_rejects} of {misses.n_good} good parts the serving "
+            f"version rejects, the candidate misses {misses.candidate_misses} of {misses.n_defective} "
+            f"defective parts, the serving version {misses.reference_misses}"
+        )
+        if extra_points > miss_tolerance_points:
+            refusals.append(f"it lets {extra} more defective parts through ({extra_points:.2f} points)")
+    else:
+        summary += "; no held-out defective parts, so misses were not compared"
     if delta < -tolerance_points:
-        return Decision(False, f"refused: {summary}; it is worse by {-delta:.2f} points")
+        refusals.append(f"it is worse by {-delta:.2f} accuracy points")
+    if refusals:
+        return Decision(False, f"refused: {summary}; {' and '.join(refusals)}")
     return Decision(True, f"accepted: {summary}")
 
 
@@ -166,6 +193,8 @@ class RetrainOptions:
     test_data: str | None = None
     line_holdout: float = 0.2
     tolerance: float = 0.0
+    # Points of the held-out defective parts the candidate may let through beyond the serving version.
+    miss_tolerance: float = 0.0
     promote: bool = False
     recipe: str | None = None
     epochs: int | None = None
@@ -199,7 +228,7 @@ def retrain(options: RetrainOptions) -> dict[str, Any]:
     worse; returns what happened (dataset counts, both versions' metrics, the decision)."""
     from edge_inspect.models.package import load_package
     from edge_inspect.models.registry import open_registry, promote, publish
-    from edge_inspect.training.evaluate import evaluate_package
+    from edge_inspect.training.evaluate import evaluate_scored
     from edge_inspect.training.train_classifier import train_classifier
 
     registry = open_registry(options.registry, options.s3_endpoint)
@@ -218,13 +247,26 @@ def retrain(options: RetrainOptions) -> dict[str, Any]:
     )
     candidate = train_classifier(candidate_config(options, serving_card, run_dir))
     held = str(run_dir / "dataset")
-    serving_metrics = evaluate_package(serving_dir, data=held, split="test", progress=options.progress)
-    candidate_metrics = evaluate_package(candidate.path, data=held, split="test", progress=options.progress)
-    decision = decide(serving_metrics, candidate_metrics, options.tolerance)
+    serving_eval = evaluate_scored(serving_dir, data=held, split="test", progress=options.progress)
+    candidate_eval = evaluate_scored(candidate.path, data=held, split="test", progress=options.progress)
+    serving_metrics, candidate_metrics = serving_eval.result, candidate_eval.result
+    if [s.path for s in serving_eval.samples] != [s.path for s in candidate_eval.samples]:
+        raise RuntimeError("the serving version and the candidate were not evaluated on the same images")
+    misses = misses_at_equal_false_rejects(
+        serving_eval.labels, serving_eval.scores, serving_card.thresholds.threshold, candidate_eval.scores
+    )
+    decision = decide(serving_metrics, candidate_metrics, options.tolerance, misses, options.miss_tolerance)
     outcome: dict[str, Any] = {
         "dataset": dataset,
         "serving": {"version": serving_card.version, **_headline(serving_metrics)},
         "candidate": {"version": candidate.card.version, **_headline(candidate_metrics)},
+        "misses_at_serving_frr": {
+            "n_good": misses.n_good,
+            "false_rejects": misses.false_rejects,
+            "n_defective": misses.n_defective,
+            "serving_misses": misses.reference_misses,
+            "candidate_misses": misses.candidate_misses,
+        },
         "decision": decision.reason,
         "published": False,
         "promoted": False,
