@@ -65,9 +65,10 @@ class FrameSource(Protocol):
 
 class PartIdFeed(Protocol):
     """Where part ids come from when the image itself does not carry one: a PLC counter or a barcode
-    reader (camera_adapters/part_ids.py). `take` is asked once per captured frame."""
+    reader, the camera's frame counter (camera_adapters/part_ids.py). `take` is asked once per captured
+    frame, with the camera's own frame id when it has one."""
 
-    def take(self, t_capture_ns: int) -> str | None: ...
+    def take(self, t_capture_ns: int, frame_id: int | None = None) -> str | None: ...
 
     def close(self) -> None: ...
 
@@ -365,7 +366,7 @@ def run_camera(
                 t_capture_ns = time.time_ns()
                 part_id = frame.part_id
                 if part_id is None and part_ids is not None:
-                    part_id = part_ids.take(t_capture_ns)
+                    part_id = part_ids.take(t_capture_ns, frame.frame_id)
                 captured += 1
                 header, payload = frame_message(
                     frame.image,

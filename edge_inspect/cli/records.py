@@ -20,7 +20,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description="List recorded inspection results, newest first. Times without a UTC offset are local.",
     )
     parser.add_argument("--db", type=Path, required=True, help="record store database file")
-    parser.add_argument("--part-id", help="only this part")
+    parser.add_argument(
+        "--part",
+        "--part-id",
+        dest="part_id",
+        metavar="PART_ID",
+        help="only this part: its whole history, every inspection on every camera",
+    )
     parser.add_argument("--camera", help="only this camera id")
     parser.add_argument("--verdict", choices=VERDICTS, help="only this verdict")
     parser.add_argument("--since", type=parse_time_ns, help="captured at or after (ISO 8601)")
