@@ -9,13 +9,19 @@ with the file, line and key named (`inspector/toml_errors.py`).
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from edge_inspect.bus.contracts import MAX_ID_CHARS
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - Python 3.10
+    import tomli as tomllib
 
 
 class _Strict(BaseModel):
@@ -168,3 +174,29 @@ def merge_defaults(data: Mapping[str, Any]) -> dict[str, Any]:
     shared = {key: value for key, value in defaults.items() if key in DEFAULT_KEYS}
     merged = [{**shared, **entry} if isinstance(entry, Mapping) else entry for entry in cameras]
     return {**data, "cameras": merged}
+
+
+class CameraConfigError(ValueError):
+    """A line config whose camera sections cannot run; the message names the file, line and key."""
+
+
+def load_line_cameras(path: Path) -> LineCameras:
+    """The camera sections of a line config file, validated on their own: a gateway needs nothing else of
+    the file (the inspector's sections are the inspector's to check)."""
+    from edge_inspect.inspector.toml_errors import describe_errors
+
+    try:
+        text = path.read_text(encoding="utf-8")
+        data = tomllib.loads(text)
+    except OSError as exc:
+        raise CameraConfigError(
+            f"{path}: cannot read the line config ({exc.strerror}); check the path"
+        ) from None
+    except tomllib.TOMLDecodeError as exc:
+        raise CameraConfigError(f"{path}: not valid TOML: {exc}") from None
+    sections = {key: data[key] for key in ("camera_defaults", "cameras") if key in data}
+    try:
+        return LineCameras.model_validate(merge_defaults(sections))
+    except ValidationError as exc:
+        lines = describe_errors(exc, path, text, LineCameras)
+        raise CameraConfigError("invalid camera configuration:\n  " + "\n  ".join(lines)) from None

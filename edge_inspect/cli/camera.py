@@ -1,16 +1,21 @@
-"""`edge-inspect camera SOURCE`: run one camera gateway that publishes frames on the frame bus.
+"""`edge-inspect camera SOURCE` or `edge-inspect camera --config FILE --camera ID`: run one camera gateway
+that publishes frames on the frame bus.
 
-Only argparse is imported here; numpy, OpenCV and ZeroMQ load when the command runs, so building the
-parser stays fast for every other subcommand.
+Only the standard library is imported here; numpy, OpenCV and ZeroMQ load when the command runs, so
+building the parser stays fast for every other subcommand.
 """
 
 from __future__ import annotations
 
 import argparse
+import threading
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
+    from edge_inspect.camera_adapters.assemble import OpenedCamera
     from edge_inspect.camera_adapters.base import FrameSource
+    from edge_inspect.camera_adapters.config import CameraCommon
 
 DEFAULT_ENDPOINT = "tcp://127.0.0.1:5555"
 
@@ -21,11 +26,20 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="run a camera gateway that sends frames to the inspector",
         description=(
             "Publish frames from a source on the ZeroMQ frame bus, paced at --fps, until the source ends, a "
-            "limit is reached or SIGINT/SIGTERM arrives. The last line of stdout is a JSON object with the "
-            "run's statistics. Needs numpy, OpenCV and pyzmq only (no torch, no onnxruntime)."
+            "limit is reached or SIGINT/SIGTERM arrives. Either run one [[cameras]] entry of the line config "
+            "(--config FILE --camera ID: source, settings, part-id trigger and publishing all from the "
+            "file), or name a SOURCE with its options. The last line of stdout is a JSON object with the "
+            "run's statistics. Needs numpy, OpenCV, pyzmq and pydantic only (no torch, no onnxruntime)."
         ),
     )
-    sources = camera.add_subparsers(dest="source", required=True, metavar="SOURCE")
+    camera.add_argument(
+        "--config",
+        default=None,
+        metavar="FILE",
+        help="line config whose [camera_defaults] and [[cameras]] describe this camera (needs --camera)",
+    )
+    camera.add_argument("--camera", default=None, metavar="ID", help="the id of the [[cameras]] entry to run")
+    sources = camera.add_subparsers(dest="source", required=False, metavar="SOURCE")
     common = _common_options()
 
     synthetic = sources.add_parser(
@@ -87,6 +101,31 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
     for parser in (synthetic, folder, elpv, video):
         parser.set_defaults(handler=run)
+    camera.set_defaults(handler=run_from_config)
+
+
+def run_from_config(args: argparse.Namespace) -> int:
+    """`--config FILE --camera ID`: run that entry of the line config."""
+    import sys
+    from pathlib import Path
+
+    if args.source is not None:
+        return run(args)
+    if args.config is None or args.camera is None:
+        print(
+            "edge-inspect camera: name a SOURCE (synthetic, folder, elpv, video), or give --config FILE "
+            "--camera ID to run an entry of the line config",
+            file=sys.stderr,
+        )
+        return 2
+    from edge_inspect.camera_adapters.config import CameraConfigError, load_line_cameras
+
+    try:
+        entry = load_line_cameras(Path(args.config)).camera(args.camera)
+    except (CameraConfigError, KeyError) as exc:
+        print(f"edge-inspect camera: {str(exc).strip(chr(34) + chr(39))}", file=sys.stderr)
+        return 2
+    return _publish(args, lambda stop: _open_entry(entry, stop), source_name=entry.source)
 
 
 def _common_options() -> argparse.ArgumentParser:
@@ -160,65 +199,83 @@ def _common_options() -> argparse.ArgumentParser:
 
 def run(args: argparse.Namespace) -> int:
     """Run the camera until it stops; print its statistics as JSON on the last line of stdout."""
+    return _publish(args, lambda stop: _open_from_args(args), source_name=args.source)
+
+
+def _open_from_args(args: argparse.Namespace) -> OpenedCamera:
+    from pathlib import Path
+
+    from edge_inspect.bus.security import ClientKeys
+    from edge_inspect.camera_adapters.assemble import OpenedCamera
+    from edge_inspect.camera_adapters.base import CameraConfig
+
+    if (args.key is None) != (args.server_key is None):
+        raise ValueError(
+            "--key and --server-key go together: this camera's secret and the inspector's public key"
+        )
+    keys = ClientKeys(Path(args.key), Path(args.server_key)) if args.key else None
+    config = CameraConfig(
+        camera_id=args.camera_id,
+        station=args.station,
+        endpoint=args.endpoint,
+        delivery=args.delivery,
+        fps=args.fps,
+        encoding=args.encoding,
+        jpeg_quality=args.jpeg_quality,
+        loop=args.loop,
+        max_frames=args.max_frames,
+        seconds=args.seconds,
+        keys=keys,
+        replay_bytes=max(1, int(args.replay_mb * 1024 * 1024)),
+        drain_s=args.drain_s,
+        state_dir=Path(args.state_dir) if args.state_dir else None,
+    )
+    return OpenedCamera(config, _build_source(args), None)
+
+
+def _open_entry(entry: CameraCommon, stop: threading.Event) -> OpenedCamera:
+    from edge_inspect.camera_adapters.assemble import open_camera
+
+    return open_camera(entry, stop.is_set)
+
+
+def _publish(
+    args: argparse.Namespace, opener: Callable[[threading.Event], OpenedCamera], source_name: str
+) -> int:
     import json
     import signal
     import sys
-    import threading
     from dataclasses import asdict
-    from pathlib import Path
 
     import cv2
 
-    from edge_inspect.bus.security import ClientKeys
-    from edge_inspect.camera_adapters.base import CameraConfig, SourceError, run_camera
+    from edge_inspect.camera_adapters.base import SourceError, run_camera
 
     # OpenCV writes its own unstructured warnings to stderr; our events say the same as JSON.
     if getattr(args, "verbose", 0) < 2:
         cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_SILENT)
-    try:
-        if (args.key is None) != (args.server_key is None):
-            raise ValueError(
-                "--key and --server-key go together: this camera's secret and the inspector's public key"
-            )
-        keys = ClientKeys(Path(args.key), Path(args.server_key)) if args.key else None
-        config = CameraConfig(
-            camera_id=args.camera_id,
-            station=args.station,
-            endpoint=args.endpoint,
-            delivery=args.delivery,
-            fps=args.fps,
-            encoding=args.encoding,
-            jpeg_quality=args.jpeg_quality,
-            loop=args.loop,
-            max_frames=args.max_frames,
-            seconds=args.seconds,
-            keys=keys,
-            replay_bytes=max(1, int(args.replay_mb * 1024 * 1024)),
-            drain_s=args.drain_s,
-            state_dir=Path(args.state_dir) if args.state_dir else None,
-        )
-        source = _build_source(args)
-    # RuntimeError: the ELPV package is missing; its message says how to install it.
-    except (RuntimeError, ValueError) as exc:
-        print(f"edge-inspect camera: {exc}", file=sys.stderr)
-        return 2
-
     stop = threading.Event()
+    # Before opening: a device that takes long to come up can still be stopped.
     previous = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
-        stats = run_camera(source, config, stop)
-    except (SourceError, ValueError) as exc:
-        print(f"edge-inspect camera: {exc}", file=sys.stderr)
-        return 1
+        try:
+            opened = opener(stop)
+        # RuntimeError: the ELPV package is missing; its message says how to install it.
+        except (RuntimeError, ValueError) as exc:
+            print(f"edge-inspect camera: {exc}", file=sys.stderr)
+            return 2
+        try:
+            stats = run_camera(opened.source, opened.config, stop, opened.part_ids)
+        except (SourceError, ValueError) as exc:
+            print(f"edge-inspect camera: {exc}", file=sys.stderr)
+            return 1
+        finally:
+            opened.close()
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
-        # A video source holds its device from construction on, even when no frame was read.
-        close = getattr(source, "close", None)
-        if close is not None:
-            close()
-    summary = {"camera_id": config.camera_id, "source": args.source, **asdict(stats)}
-    unreadable = getattr(source, "unreadable", None)
+    summary = {"camera_id": opened.config.camera_id, "source": source_name, **asdict(stats)}
+    unreadable = getattr(opened.source, "unreadable", None)
     if unreadable is not None:
         summary["unreadable"] = unreadable
     print(json.dumps(summary), flush=True)
