@@ -17,6 +17,7 @@ from edge_inspect.logs import setup_logging
 
 def build_parser() -> argparse.ArgumentParser:
     from edge_inspect.cli import camera, demo, keys, label, models, records, report, retrain, serve, train
+    from edge_inspect.cli import console as console_cli
     from edge_inspect.cli import eval as evaluate
 
     parser = argparse.ArgumentParser(
@@ -30,6 +31,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for module in (demo, camera, serve, keys, train, evaluate, records, report, label, retrain, models):
         module.register(sub)
+    console_cli.register(sub)
     return parser
 
 
