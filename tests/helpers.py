@@ -22,8 +22,10 @@ ROOT = Path(__file__).resolve().parents[1]
 class MesReceiver:
     """An MES endpoint that records every POST and de-duplicates by Idempotency-Key, as a real MES would."""
 
-    def __init__(self, port: int = 0) -> None:
+    def __init__(self, port: int = 0, fail_first: int = 0) -> None:
+        """`fail_first`: answer that many POSTs 503 (an MES restarting) before taking any."""
         self.keys: list[str] = []
+        self.refused = 0
         self.bodies: dict[str, dict] = {}
         lock = threading.Lock()
         owner = self
@@ -33,9 +35,13 @@ class MesReceiver:
                 body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
                 key = self.headers["Idempotency-Key"]
                 with lock:
-                    owner.keys.append(key)
-                    owner.bodies.setdefault(key, body)
-                self.send_response(200)
+                    refuse = owner.refused < fail_first
+                    if refuse:
+                        owner.refused += 1
+                    else:
+                        owner.keys.append(key)
+                        owner.bodies.setdefault(key, body)
+                self.send_response(503 if refuse else 200)
                 self.end_headers()
 
             def log_message(self, *args: object) -> None:

@@ -271,3 +271,43 @@ def test_outputs_started_from_the_inspector_config(tmp_path: Path, broker: Mosqu
         stop_outputs(outputs)
         sub.close()
     assert (tmp_path / "outputs.sqlite").is_file()
+
+
+def test_shift_reports_and_camera_health_reach_the_broker(tmp_path: Path, broker: Mosquitto) -> None:
+    """A shift report the inspector made while the broker was down is published once it is back, and marked
+    published in the store only after the broker acknowledged it; camera health is retained per camera."""
+    from edge_inspect.bus.contracts import CameraHealth
+    from edge_inspect.sinks.record_store import CameraReading, RecordStore
+
+    db = tmp_path / "records.sqlite"
+    record(db, make_result(0))
+    report = {"report": "shift", "line": LINE, "shift": "early", "date": "2026-12-01", "totals": {}}
+    reading = CameraReading("cam-1", "st-1", time.time_ns(), 5, CameraHealth(5, 1, 2, 0), source_frame_id=41)
+    with RecordStore(db) as store:
+        store.add_shift_report("shift-report:L1:2026-12-01:early", 0, report, time.time_ns())
+        store.save_camera_health([reading])
+    broker.stop()
+    output = make_output(tmp_path, broker.port)
+    output.start()
+    try:
+        time.sleep(1.5)  # the output polls the store while the broker is away: nothing may be marked
+        with RecordStore(db) as store:
+            assert len(store.shift_reports(unpushed_to="mqtt")) == 1
+        broker.start()
+        late = Subscriber(broker.port, client_id="late", clean=True)
+        topics = Topics("edgeinspect", LINE)
+        wait_until(lambda: late.on(topics.shift_report()), 15, "the retained shift report")
+        assert late.on(topics.shift_report())[-1] == report
+        wait_until(lambda: late.on(topics.camera_health("st-1", "cam-1")), 5, "retained camera health")
+        health = late.on(topics.camera_health("st-1", "cam-1"))[-1]
+        assert (health["captured"], health["reconnects"], health["underruns"]) == (5, 1, 2)
+        assert health["source_frame_id"] == 41
+        late.close()
+
+        def unpublished() -> int:
+            with RecordStore(db) as store:
+                return len(store.shift_reports(unpushed_to="mqtt"))
+
+        wait_until(lambda: unpublished() == 0, 5, "the report marked published")
+    finally:
+        output.stop()

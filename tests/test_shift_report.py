@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import time
+from dataclasses import replace as dataclasses_replace
 from pathlib import Path
 
 import pytest
@@ -184,3 +186,53 @@ def test_push_retries_until_the_report_is_taken() -> None:
     assert headers["Authorization"] == "Bearer t0ken"
     with pytest.raises(RuntimeError, match="refused the report: HTTP 400"):
         push_report(report, config, lambda *a: HttpReply(400, "bad"), waits.append)
+
+
+def test_the_inspector_pushes_each_shift_report_at_shift_end_at_least_once(tmp_path: Path) -> None:
+    """A shift that ends while the inspector runs is reported from the records and pushed, through an MES
+    that refuses the first two attempts; a restart does not push it again."""
+    from edge_inspect.inspector.shift_reporter import ShiftReporter
+    from tests.helpers import MesReceiver, loopback_config, wait_until
+    from tests.toy_models import make_toy_package
+
+    now = dt.datetime.now(dt.timezone.utc).replace(microsecond=0)
+    start, end = now - dt.timedelta(minutes=5), now + dt.timedelta(seconds=2)
+    receiver = MesReceiver(fail_first=2)
+    config = loopback_config(
+        tmp_path,
+        {
+            "model.package": make_toy_package(tmp_path / "model"),
+            "shifts.calendar": {"now": {"start": start.time().isoformat(), "end": end.time().isoformat()}},
+            "shifts.report_url": receiver.url,
+            "mes.initial_backoff_s": 0.1,
+            "mes.max_backoff_s": 0.2,
+        },
+    )
+    in_shift = [
+        dataclasses_replace(
+            RECORDS[i], t_capture_ns=int((now - dt.timedelta(minutes=1)).timestamp()) * 10**9 + i
+        )
+        for i in range(4)
+    ]
+    with RecordStore(config.db_path) as store:
+        store.add_results(in_shift, with_outbox=False)
+    reporter = ShiftReporter(config, poll_s=0.1, grace_s=0.5)
+    try:
+        reporter.start()
+        wait_until(lambda: len(receiver.keys) == 1, 20, "the report pushed after shift end")
+    finally:
+        reporter.stop()
+    key = receiver.keys[0]
+    assert key == f"shift-report:line-1:{start.date().isoformat()}:now" and receiver.refused == 2
+    report = receiver.bodies[key]
+    assert report["totals"]["inspected"] == 4
+    assert report["totals"]["verdicts"] == {"OK": 1, "NG": 2, "REVIEW": 1}
+    again = ShiftReporter(config, poll_s=0.1, grace_s=0.5)
+    again.start()
+    time.sleep(1.0)
+    again.stop()
+    receiver.close()
+    assert receiver.keys == [key]
+    with RecordStore(config.db_path) as store:
+        assert [k for k, _ in store.shift_reports(unpushed_to="webhook")] == []
+        assert [k for k, _ in store.shift_reports(unpushed_to="mqtt")] == [key]

@@ -16,9 +16,6 @@ if TYPE_CHECKING:
     from edge_inspect.inspector.config import InspectorConfig
     from edge_inspect.sinks.shift_report import ShiftWindow
 
-# Every result of a shift: the store's query wants a limit, a shift never comes near this.
-ALL = 2**62
-
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
@@ -58,7 +55,7 @@ def run_report(args: argparse.Namespace) -> int:
         return _fail(f"no record store at {db}; give --db or --config" if db else "give --db or --config")
     try:
         window = shift_window(shifts, args.shift, args.date)
-        report = read_report(db, window, shifts.line)
+        report = _read_report(db, window, shifts.line)
     except (ValueError, RecordStoreError) as exc:
         return _fail(str(exc))
     print(format_report(report))
@@ -69,16 +66,11 @@ def run_report(args: argparse.Namespace) -> int:
     return 0
 
 
-def read_report(db: Path, window: ShiftWindow, line: str) -> dict[str, Any]:
-    """The report of `window` from the store at `db`."""
-    from edge_inspect.sinks.shift_report import build_report
+def _read_report(db: Path, window: ShiftWindow, line: str) -> dict[str, Any]:
+    from edge_inspect.sinks.shift_report import report_from_store
 
     with RecordStore(db) as store:
-        results = store.query(since_ns=window.start_ns, until_ns=window.end_ns, limit=ALL)
-        parts = {r.part_id for r in results if r.part_id is not None}
-        # A part inspected before the shift had its first pass then (one indexed look-up per part).
-        seen_before = {p for p in parts if store.query(part_id=p, until_ns=window.start_ns, limit=1)}
-    return build_report(results, window, line, seen_before)
+        return report_from_store(store, window, line)
 
 
 def push(report: dict[str, Any], config: InspectorConfig | None) -> int:

@@ -41,6 +41,7 @@ from edge_inspect.inspector.housekeeping import Housekeeping
 from edge_inspect.inspector.model_source import ActiveModel, ModelSource
 from edge_inspect.inspector.outputs import Output, start_outputs, stop_outputs
 from edge_inspect.inspector.probes import readiness, stage_health
+from edge_inspect.inspector.shift_reporter import ShiftReporter
 from edge_inspect.inspector.stages.base import Stage, merge_tallies
 from edge_inspect.inspector.stages.infer import InferStage
 from edge_inspect.inspector.stages.prepare import PreparedBatch, PrepareStage
@@ -165,6 +166,7 @@ class Inspector:
         self.record.alarms = self.infer.alarms
         self._deliverer: Any = None
         self._housekeeping = Housekeeping(config, self._stop, self.cameras)
+        self._shift_reporter = ShiftReporter(config) if config.shifts.calendar else None
         self._outputs: list[Output] = []
         self.metrics_server = (
             self.metrics.serve(
@@ -207,6 +209,8 @@ class Inspector:
             self._deliverer = self._start_deliverer()
             self.record.deliverer = self._deliverer
         self._housekeeping.start()
+        if self._shift_reporter is not None:
+            self._shift_reporter.start()
         self.models.start()
         for stage in reversed(self.stages):
             stage.start()
@@ -248,6 +252,8 @@ class Inspector:
         if stuck:
             log_event(log, logging.CRITICAL, "stop_timed_out", stages=stuck, timeout_s=timeout_s)
         self._housekeeping.join(max(0.0, deadline - time.monotonic()))
+        if self._shift_reporter is not None:
+            self._shift_reporter.stop(max(0.5, min(5.0, deadline - time.monotonic())))
         # After the stages drained, so that the outputs get the last results too.
         stop_outputs(self._outputs, max(0.5, min(5.0, deadline - time.monotonic())))
         if self._deliverer is not None:

@@ -15,6 +15,10 @@ Statuses (retained, so a consumer connecting later sees the current state): the 
 without saying goodbye), each camera's `online`/`offline` (online while it produced a result within
 `camera_timeout_s`; read it only while the inspector is online, since a dead inspector cannot update
 it), and the last result of each station.
+
+Also from the record store, about once a second: each camera's health (device counters and last-frame
+time, retained, when it changed) and every shift report the inspector made at shift end (retained, QoS 1,
+marked published in the store once the broker acknowledged it: at least once).
 """
 
 from __future__ import annotations
@@ -28,8 +32,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import msgspec
+
 from edge_inspect.inspector.config import MqttConfig
 from edge_inspect.logs import log_event
+from edge_inspect.sinks.record_store import CameraReading, RecordStore
 from edge_inspect.sinks.result_tail import CameraWatch, ResultTail, TailItem, escape_id
 
 if TYPE_CHECKING:
@@ -40,6 +47,8 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 OUTPUT = "mqtt"
+# How often camera health and shift reports are looked for in the record store.
+SIDE_INTERVAL_S = 1.0
 ALARM_VERDICTS = frozenset({"NG", "REVIEW"})
 # The MQTT topic separator and wildcards; an id containing them must stay one topic level.
 TOPIC_RESERVED = "/+#"
@@ -75,6 +84,12 @@ class Topics:
     def inspector_status(self) -> str:
         return f"{self._base()}/inspector/status"
 
+    def camera_health(self, station: str, camera: str) -> str:
+        return f"{self._base(station, camera)}/health"
+
+    def shift_report(self) -> str:
+        return f"{self._base()}/shift_report"
+
 
 @dataclass(frozen=True)
 class Message:
@@ -99,6 +114,17 @@ def messages_for(item: TailItem, topics: Topics) -> list[Message]:
         messages.append(Message(topics.alarm(station, camera), alarm_payload(item.result)))
     messages.append(Message(topics.last_result(station), item.payload, retain=True))
     return messages
+
+
+def health_payload(reading: CameraReading) -> str:
+    fields = {"camera_id": reading.camera_id, "station": reading.station}
+    fields.update(
+        msgspec.structs.asdict(reading.health),
+        last_frame_ns=reading.last_frame_ns,
+        frames_received=reading.frames_received,
+        source_frame_id=reading.source_frame_id,
+    )
+    return json.dumps(fields, separators=(",", ":"))
 
 
 def status_payload(state: str, **extra: Any) -> str:
@@ -175,6 +201,9 @@ class MqttOutput:
         self._stop = threading.Event()
         self._drain_deadline = 0.0
         self._in_flight: deque[tuple[TailItem, list[mqtt.MQTTMessageInfo]]] = deque()
+        self._reports_in_flight: dict[str, mqtt.MQTTMessageInfo] = {}
+        self._health_sent: dict[str, CameraReading] = {}
+        self._next_side_s = 0.0
         self.client = self._make_client()
         self.statuses = Statuses(self.client, self.topics, config.camera_timeout_s)
         self._thread = threading.Thread(target=self._run, name="edge-inspect-mqtt", daemon=True)
@@ -245,12 +274,14 @@ class MqttOutput:
     # -- the tail loop (this output's thread) --------------------------------------------------------
     def _run(self) -> None:
         tail = ResultTail(self.db_path, self.state_path, OUTPUT)
+        store = RecordStore(self.db_path)
         try:
             now_ns = time.time_ns()
             for station, camera, last_ns in tail.cameras():  # known from the start, published on connect
                 self.statuses.seen(station, camera, last_ns, now_ns)
             while not self._stop.wait(self.config.poll_ms / 1000.0):
                 self._step(tail)
+                self._step_side(store)
             while self._in_flight or tail.lag():
                 if time.monotonic() > self._drain_deadline or not self._connected.is_set():
                     break
@@ -263,6 +294,7 @@ class MqttOutput:
             raise
         finally:
             tail.close()
+            store.close()
 
     def _step(self, tail: ResultTail) -> None:
         now_ns = time.time_ns()
@@ -280,6 +312,29 @@ class MqttOutput:
         self.statuses.expire(now_ns)
         if self.metrics is not None:
             self.metrics.set_output_lag(OUTPUT, tail.lag())
+
+    def _step_side(self, store: RecordStore) -> None:
+        """Camera health and shift reports, about once a second."""
+        if time.monotonic() < self._next_side_s:
+            return
+        self._next_side_s = time.monotonic() + SIDE_INTERVAL_S
+        for key, info in list(self._reports_in_flight.items()):
+            if info.is_published():
+                store.mark_report_pushed(key, "mqtt", time.time_ns())
+                del self._reports_in_flight[key]
+        if not self._connected.is_set():
+            return
+        for key, report in store.shift_reports(unpushed_to="mqtt"):
+            if key not in self._reports_in_flight:
+                payload = json.dumps(report, separators=(",", ":"))
+                self._reports_in_flight[key] = self.client.publish(
+                    self.topics.shift_report(), payload, qos=1, retain=True
+                )
+        for reading in store.camera_health():
+            if self._health_sent.get(reading.camera_id) != reading:
+                topic = self.topics.camera_health(reading.station, reading.camera_id)
+                self.client.publish(topic, health_payload(reading), qos=1, retain=True)
+                self._health_sent[reading.camera_id] = reading
 
     def _commit_acknowledged(self, tail: ResultTail) -> None:
         # In order: the cursor never passes a result the broker has not acknowledged.

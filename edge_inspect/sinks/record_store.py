@@ -98,6 +98,8 @@ CREATE TABLE camera_seq (
 
 # Schema 3: per camera, the newest health the inspector saw (inspector/camera_health.py), saved about once a
 # second by housekeeping; the plant outputs and the console read it. `last_frame_ns` is wall clock.
+# And the shift reports made at each shift's end (inspector/shift_reporter.py), kept until pushed: to the
+# report webhook (`pushed_ns`) and by the MQTT output (`mqtt_ns`).
 _CAMERA_HEALTH_SCHEMA = """
 CREATE TABLE camera_health (
     camera_id        TEXT PRIMARY KEY,
@@ -109,6 +111,17 @@ CREATE TABLE camera_health (
     underruns        INTEGER NOT NULL,
     stale_events     INTEGER NOT NULL,
     source_frame_id  INTEGER
+);
+
+CREATE TABLE shift_reports (
+    report_key  TEXT PRIMARY KEY,
+    end_ns      INTEGER NOT NULL,
+    report_json TEXT NOT NULL,
+    created_ns  INTEGER NOT NULL,
+    pushed_ns   INTEGER,
+    attempts    INTEGER NOT NULL DEFAULT 0,
+    last_error  TEXT,
+    mqtt_ns     INTEGER
 );
 """
 # What each older schema version lacks, in order: an upgrade applies the steps after the file's version.
@@ -365,6 +378,44 @@ class RecordStore:
             )
             for row in rows
         ]
+
+    def add_shift_report(self, key: str, end_ns: int, report: dict[str, Any], now_ns: int) -> bool:
+        """Keep a finished shift's report; False when it was made before (a restart made it again)."""
+        with self._write() as conn:
+            cursor = conn.execute(
+                "INSERT OR IGNORE INTO shift_reports (report_key, end_ns, report_json, created_ns)"
+                " VALUES (?, ?, ?, ?)",
+                (key, end_ns, json.dumps(report, separators=(",", ":")), now_ns),
+            )
+        return cursor.rowcount == 1
+
+    def last_shift_end_ns(self) -> int | None:
+        return self._conn.execute("SELECT MAX(end_ns) FROM shift_reports").fetchone()[0]
+
+    def shift_reports(self, unpushed_to: str | None = None) -> list[tuple[str, dict[str, Any]]]:
+        """(key, report), oldest first; `unpushed_to` "webhook" or "mqtt": only those not delivered there."""
+        where = {None: "", "webhook": " WHERE pushed_ns IS NULL", "mqtt": " WHERE mqtt_ns IS NULL"}
+        rows = self._conn.execute(
+            f"SELECT report_key, report_json FROM shift_reports{where[unpushed_to]} ORDER BY end_ns"
+        )
+        return [(key, json.loads(text)) for key, text in rows]
+
+    def mark_report_pushed(self, key: str, to: str, now_ns: int, error: str | None = None) -> None:
+        """Delivered (`error` None) or one more failed attempt at the webhook."""
+        with self._write() as conn:
+            if to == "mqtt":
+                conn.execute("UPDATE shift_reports SET mqtt_ns = ? WHERE report_key = ?", (now_ns, key))
+            elif error is None:
+                conn.execute(
+                    "UPDATE shift_reports SET pushed_ns = ?, attempts = attempts + 1, last_error = NULL"
+                    " WHERE report_key = ?",
+                    (now_ns, key),
+                )
+            else:
+                conn.execute(
+                    "UPDATE shift_reports SET attempts = attempts + 1, last_error = ? WHERE report_key = ?",
+                    (error, key),
+                )
 
     def is_recorded(self, result_id: str) -> bool:
         row = self._conn.execute("SELECT 1 FROM results WHERE result_id = ?", (result_id,)).fetchone()

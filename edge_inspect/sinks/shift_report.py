@@ -42,10 +42,12 @@ from edge_inspect.sinks.mes_webhook import (
     classify_status,
     next_backoff,
 )
-from edge_inspect.sinks.record_store import OutboxItem
+from edge_inspect.sinks.record_store import OutboxItem, RecordStore
 
 REPORT_VERSION = 1
 TOP_DEFECTS = 5
+# Every result of a shift: the store's query wants a limit, a shift never comes near this.
+ALL = 2**62
 
 
 @dataclass(frozen=True)
@@ -170,6 +172,28 @@ def build_report(
         "totals": total.summary(seen_before),
         "cameras": {camera: cameras[camera].summary(seen_before) for camera in sorted(cameras)},
     }
+
+
+def report_from_store(store: RecordStore, window: ShiftWindow, line: str) -> dict[str, Any]:
+    """The report of `window` from the record store."""
+    results = store.query(since_ns=window.start_ns, until_ns=window.end_ns, limit=ALL)
+    parts = {r.part_id for r in results if r.part_id is not None}
+    # A part inspected before the shift had its first pass then (one indexed look-up per part).
+    seen_before = {p for p in parts if store.query(part_id=p, until_ns=window.start_ns, limit=1)}
+    return build_report(results, window, line, seen_before)
+
+
+def windows_ending_between(shifts: ShiftsConfig, after_ns: int, until_ns: int) -> list[ShiftWindow]:
+    """Every shift of the calendar that ended in (after_ns, until_ns], in order of their ends."""
+    zone = ZoneInfo(shifts.timezone)
+    first = dt.datetime.fromtimestamp(after_ns / 1e9, zone).date() - dt.timedelta(days=1)
+    last = dt.datetime.fromtimestamp(until_ns / 1e9, zone).date()
+    windows = [
+        shift_window(shifts, name, first + dt.timedelta(days=offset))
+        for offset in range((last - first).days + 1)
+        for name in shifts.calendar
+    ]
+    return sorted((w for w in windows if after_ns < w.end_ns <= until_ns), key=lambda w: w.end_ns)
 
 
 def report_key(report: dict[str, Any]) -> str:
