@@ -225,3 +225,38 @@ def test_a_taken_port_fails_start(tmp_path: Path) -> None:
             second.start()
     finally:
         first.stop()
+
+
+def test_camera_health_reaches_a_client(tmp_path: Path) -> None:
+    """The gateway's device counters and the last-frame time, from the record store, on the camera's nodes."""
+    from edge_inspect.bus.contracts import CameraHealth
+    from edge_inspect.sinks.record_store import CameraReading, RecordStore
+
+    db, port = tmp_path / "records.sqlite", free_port()
+    record(db, make_result(0, camera="cam-h"))
+    output = make_output(tmp_path, port)
+    output.start()
+    try:
+        seen_ns = time.time_ns()
+        with RecordStore(db) as store:
+            store.save_camera_health([CameraReading("cam-h", "st-1", seen_ns, 9, CameraHealth(9, 2, 3, 1))])
+        asyncio.run(_camera_health(port, seen_ns))
+    finally:
+        output.stop()
+
+
+async def _camera_health(port: int, seen_ns: int) -> None:
+    client, idx = await connect(port)
+    try:
+        station = Station(client, idx, "st-1")
+        deadline = time.monotonic() + 10
+        while await station.read("Cameras", "cam-h", "FramesCaptured") != 9:
+            assert time.monotonic() < deadline, "camera health never reached the OPC UA nodes"
+            await asyncio.sleep(0.1)
+        counters = [await station.read("Cameras", "cam-h", name) for name in ("Reconnects", "Underruns")]
+        assert counters == [2, 3]
+        assert await station.read("Cameras", "cam-h", "StaleEvents") == 1
+        last = await station.read("Cameras", "cam-h", "LastFrameTime")
+        assert abs(last.timestamp() - seen_ns / 1e9) < 0.01
+    finally:
+        await client.disconnect()

@@ -6,7 +6,8 @@ Nodes (namespace `opcua.namespace_uri`, string node ids, docs/outputs.md has the
                                  CaptureTime, ResultJson}
     <line>/<station>/Counts/{OK, NG, REVIEW, Total}
     <line>/<station>/Reject/{Active, Count, ResultId, PartId, Time, StaleCount}
-    <line>/<station>/Cameras/<camera>/{Online, LastResultTime, LastResultId}
+    <line>/<station>/Cameras/<camera>/{Online, LastResultTime, LastResultId, LastFrameTime,
+                                       FramesCaptured, Reconnects, Underruns, StaleEvents}
     ResultReadyEventType events, emitted by the station object, one per result, in record order
 
 Ids are percent-encoded where they contain `/` (escape_id), so every id stays one path level.
@@ -24,6 +25,9 @@ incremented, then `Reject/Active` is set true. A PLC that must act on every NG p
 convenience pulse that clears itself `reject_pulse_ms` after the last NG (no acknowledgement needed;
 clients cannot write). An NG captured more than `reject_max_age_ms` before it reached the server (a
 replay after a restart) is counted in `StaleCount` only, so a PLC never rejects a part long gone.
+
+Camera health (`LastFrameTime` and the gateway's device counters) is read from the record store about
+once a second (inspector/camera_health.py saves it there).
 """
 
 from __future__ import annotations
@@ -41,6 +45,7 @@ from typing import TYPE_CHECKING, Any
 from edge_inspect.bus.contracts import VERDICTS
 from edge_inspect.inspector.config import OpcUaConfig
 from edge_inspect.logs import log_event
+from edge_inspect.sinks.record_store import CameraReading, RecordStore
 from edge_inspect.sinks.result_tail import CameraWatch, CursorStore, ResultTail, TailItem, escape_id
 
 if TYPE_CHECKING:
@@ -50,6 +55,14 @@ if TYPE_CHECKING:
     from edge_inspect.sinks.metrics import InspectorMetrics
 
 log = logging.getLogger(__name__)
+# The gateway's device counters (bus.contracts.CameraHealth field → variable), read about once a second.
+HEALTH_VARIABLES = {
+    "captured": "FramesCaptured",
+    "reconnects": "Reconnects",
+    "underruns": "Underruns",
+    "stale_events": "StaleEvents",
+}
+HEALTH_INTERVAL_S = 1.0
 
 OUTPUT = "opcua"
 _STATE_SCHEMA = "CREATE TABLE IF NOT EXISTS opcua_stations (station TEXT PRIMARY KEY, state TEXT NOT NULL)"
@@ -178,6 +191,8 @@ class StationNodes:
             ("Online", False, ua.VariantType.Boolean),
             ("LastResultTime", to_datetime(0), ua.VariantType.DateTime),
             ("LastResultId", "", ua.VariantType.String),
+            ("LastFrameTime", to_datetime(0), ua.VariantType.DateTime),
+            *((name, 0, ua.VariantType.Int64) for name in HEALTH_VARIABLES.values()),
         )
         await self._add_folder(self.cameras_folder, (*self.at, "Cameras"), camera, variables)
 
@@ -294,6 +309,8 @@ class OpcUaOutput:
         self.stations: dict[str, StationNodes] = {}
         self.cameras = CameraWatch(config.camera_timeout_s)
         self._reject_until: dict[str, float] = {}  # station → monotonic time Reject/Active clears
+        self._health_written: dict[str, CameraReading] = {}
+        self._next_health_s = 0.0
         self._ready = threading.Event()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="edge-inspect-opcua", daemon=True)
@@ -322,6 +339,7 @@ class OpcUaOutput:
 
     async def _main(self) -> None:
         tail = ResultTail(self.db_path, self.state_path, OUTPUT)
+        records = RecordStore(self.db_path)
         try:
             store = StateStore(tail.cursors)
             self.states = store.load()
@@ -335,10 +353,12 @@ class OpcUaOutput:
                 log_event(log, logging.INFO, "opcua_serving", endpoint=self.config.endpoint)
                 while not self._stop.is_set():
                     await self._step(tail, store)
+                    await self._camera_health(records)
                     await asyncio.sleep(self.config.poll_ms / 1000.0)
                 await self._step(tail, store)  # what was recorded while stopping
         finally:
             tail.close()
+            records.close()
 
     async def _station(self, station: str) -> StationNodes:
         nodes = self.stations.get(station)
@@ -390,6 +410,21 @@ class OpcUaOutput:
         await nodes.write(f"Cameras/{camera}/LastResultId", result["result_id"])
         if self.cameras.seen(nodes.station, camera, int(result["t_capture_ns"]), now_ns):
             await nodes.write(f"Cameras/{camera}/Online", self.cameras.online[(nodes.station, camera)])
+
+    async def _camera_health(self, records: RecordStore) -> None:
+        if time.monotonic() < self._next_health_s:
+            return
+        self._next_health_s = time.monotonic() + HEALTH_INTERVAL_S
+        for reading in records.camera_health():
+            if self._health_written.get(reading.camera_id) == reading:
+                continue
+            nodes = await self._station(reading.station)
+            await nodes.add_camera(reading.camera_id)
+            at = f"Cameras/{reading.camera_id}"
+            await nodes.write(f"{at}/LastFrameTime", to_datetime(reading.last_frame_ns))
+            for field_name, variable in HEALTH_VARIABLES.items():
+                await nodes.write(f"{at}/{variable}", getattr(reading.health, field_name))
+            self._health_written[reading.camera_id] = reading
 
     async def _load_cameras(self, tail: ResultTail) -> None:
         now_ns = time.time_ns()
