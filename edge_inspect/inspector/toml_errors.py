@@ -9,7 +9,7 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, get_args
+from typing import Any, Literal, get_args, get_origin
 
 from pydantic import BaseModel, ValidationError
 
@@ -26,11 +26,12 @@ def describe_errors(
     and the recipes (inspector/recipe.py), so both name the file, line and key the same way."""
     lines = []
     for error in exc.errors():
-        loc = tuple(str(part) for part in error["loc"])
+        # Without the tags of tagged unions (`cameras.0.aravis.gain` is `cameras.0.gain` in the file).
+        loc, _ = _walk(root, [str(part) for part in error["loc"]])
         key = ".".join(loc) if loc else "(top level)"
         message = error["msg"].removeprefix("Value error, ")
         if error["type"] == "extra_forbidden":
-            message = f"unknown key; {_known_keys(root, loc[:-1])}"
+            message = f"unknown key; {_known_keys(root, [str(part) for part in error['loc'][:-1]])}"
         elif error["type"] == "missing" and loc in (missing_hints or {}):
             message = (missing_hints or {})[loc]
         if key in (overrides or {}):
@@ -45,23 +46,39 @@ def describe_errors(
 
 
 def _known_keys(root: type[BaseModel], section_loc: Sequence[str]) -> str:
-    model: Any = root
-    for part in section_loc:
-        fields = getattr(model, "model_fields", {})
-        # A dict key or list index leaves the model as it is: the annotation was unwrapped to its values.
-        if part in fields:
-            model = _inner_model(fields[part].annotation)
+    _, model = _walk(root, section_loc)
     return "known keys: " + ", ".join(getattr(model, "model_fields", {}))
 
 
-def _inner_model(annotation: Any) -> Any:
-    """The model a field holds: itself, or the one inside `X | None`, `dict[str, X]`, `list[X]`."""
+def _walk(root: type[BaseModel], loc: Sequence[str]) -> tuple[tuple[str, ...], Any]:
+    """`loc` without the tags pydantic adds for tagged unions, and the model the path ends in (None when
+    it ends in a union not yet resolved). A dict key or list index leaves the model as it is."""
+    keys: list[str] = []
+    candidates: list[Any] = [root]
+    for part in loc:
+        fields = getattr(candidates[0], "model_fields", {}) if len(candidates) == 1 else {}
+        if part in fields:
+            candidates = _models_in(fields[part].annotation) or [None]
+        elif len(candidates) > 1 and (tagged := [m for m in candidates if _tagged(m, part)]):
+            candidates = tagged
+            continue
+        keys.append(part)
+    return tuple(keys), candidates[0] if len(candidates) == 1 else None
+
+
+def _models_in(annotation: Any) -> list[type[BaseModel]]:
+    """The models a field holds: itself, or those inside `X | None`, `dict[str, X]`, `list[A | B]`."""
     if isinstance(annotation, type) and issubclass(annotation, BaseModel):
-        return annotation
-    for arg in get_args(annotation):
-        if (found := _inner_model(arg)) is not None:
-            return found
-    return None
+        return [annotation]
+    return [model for arg in get_args(annotation) for model in _models_in(arg)]
+
+
+def _tagged(model: type[BaseModel], tag: str) -> bool:
+    """Whether one of the model's fields is the literal `tag` (the discriminator of a tagged union)."""
+    return any(
+        get_origin(field.annotation) is Literal and tag in get_args(field.annotation)
+        for field in model.model_fields.values()
+    )
 
 
 _TOML_KEY = re.compile(r'"(?:[^"\\]|\\.)*"|\'[^\']*\'|[^.\s"\']+')
