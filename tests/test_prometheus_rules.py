@@ -105,6 +105,12 @@ def test_every_alert_is_shown_firing_by_a_unit_test_and_says_what_to_do() -> Non
         assert {"summary", "description"} <= set(rule["annotations"]), name
 
 
+def test_deploy_readme_lists_every_alert() -> None:
+    readme = (ROOT / "deploy" / "README.md").read_text(encoding="utf-8")
+    listed = set(re.findall(r"^\| (EdgeInspect\w+) \|", readme, re.M))
+    assert listed == set(alert_rules(load_rules()))
+
+
 def test_prometheus_config_is_valid_and_scrapes_the_job_the_rules_select() -> None:
     checked = promtool("check", "config", str(PROMETHEUS_CONFIG))
     assert checked.returncode == 0, checked.stdout + checked.stderr
