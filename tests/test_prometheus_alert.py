@@ -120,6 +120,10 @@ def test_camera_silent_alert_fires_when_a_camera_stops(toy_model_dir: Path, tmp_
         assert CAMERA in alert["annotations"]["summary"]
         # The inspector itself is up: only the camera alert fires.
         assert not [a for a in prometheus.alerts() if a["labels"]["alertname"] == "EdgeInspectInspectorDown"]
+        # Every shipped rule evaluated on the real inspector's series without an error (label matching).
+        evaluated = [rule for group in prometheus.api("rules")["groups"] for rule in group["rules"]]
+        assert len(evaluated) == sum(len(group["rules"]) for group in load_rules()["groups"])
+        assert [(r["name"], r.get("lastError")) for r in evaluated if r["health"] != "ok"] == []
     finally:
         for proc in (camera, inspector):
             if proc is not None:
