@@ -6,10 +6,12 @@ from __future__ import annotations
 
 import json
 import re
+import urllib.request
 from pathlib import Path
 from types import ModuleType
 
 import yaml
+from prometheus_client.parser import text_string_to_metric_families
 
 from edge_inspect.inspector.camera_health import camera_families
 from edge_inspect.sinks.metrics import InspectorMetrics, NvmlCollector
@@ -34,10 +36,19 @@ METRIC_NAME = re.compile(r"(?<![\w:])edgeinspect_\w+(?![\w:])")
 
 
 def exported_metric_names() -> set[str]:
-    """Every sample name the inspector's /metrics can carry: its registry, the per-camera collector and the
-    NVML collector (which exists only where NVML does, so it is described here without a GPU)."""
+    """Every sample name the inspector's /metrics can carry: what a real metrics endpoint (served with
+    probes, as the inspector serves it) answers, the per-camera collector, and the NVML collector (which
+    exists only where NVML does, so it is described here without a GPU)."""
+    metrics = InspectorMetrics()
+    probes = {"/healthz": lambda: {"infer": "ok"}, "/readyz": lambda: {"store": "ok"}}
+    server = metrics.serve(port=0, probes=probes)
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{server.port}/metrics", timeout=5) as response:
+            scraped = list(text_string_to_metric_families(response.read().decode()))
+    finally:
+        server.close()
     families = [
-        *InspectorMetrics().registry.collect(),
+        *scraped,
         *camera_families([], 0, lambda _camera: 10.0),
         *NvmlCollector(ModuleType("pynvml")).describe(),
     ]
@@ -46,6 +57,7 @@ def exported_metric_names() -> set[str]:
         "histogram": ("_bucket", "_sum", "_count", "_created"),
         "info": ("_info",),
         "gauge": ("",),
+        "unknown": ("",),
     }
     return {family.name + suffix for family in families for suffix in suffixes[family.type]}
 
