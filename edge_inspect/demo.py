@@ -1,13 +1,15 @@
 """The demo line (`edge-inspect demo`): a camera replaying ELPV solar cells, the inspector, live alarms.
 
-It runs the same processes as a real deployment, on loopback: `edge-inspect camera elpv` (the gateway)
-and `edge-inspect serve` (the MEC service), and subscribes to the inspector's results for the view.
+It runs the same processes as a real deployment, on loopback: `edge-inspect camera elpv` (the gateway),
+`edge-inspect serve` (the MEC service) and `edge-inspect console` (the operator console in a browser,
+with a demo login made for this run), and subscribes to the inspector's results for the terminal view.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import secrets
 import signal
 import socket
 import subprocess
@@ -25,6 +27,8 @@ from edge_inspect.bus.contracts import InspectionResult
 
 CAMERA_ID = "line1-cam1"
 STATION = "line1-el-tester"
+CONSOLE_PORT = 8090
+DEMO_USER = "demo"
 
 
 def free_port() -> int:
@@ -44,6 +48,10 @@ class DemoPaths:
     @property
     def inspector_dir(self) -> Path:
         return self.workdir / "inspector"
+
+    @property
+    def console_users(self) -> Path:
+        return self.workdir / "console-users.json"
 
 
 def latency_percentiles(totals_ms: list[float]) -> tuple[float | None, float | None]:
@@ -95,6 +103,42 @@ def _wait_ready(inspector: subprocess.Popen, timeout_s: float = 120.0) -> dict[s
     raise RuntimeError(f"the inspector was not ready within {timeout_s:.0f} s")
 
 
+def port_or_free(port: int) -> int:
+    """`port` when it is free on loopback, else any free port."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return free_port()
+    return port
+
+
+def _start_console(paths: DemoPaths, port: int) -> tuple[subprocess.Popen, str, str]:
+    """The operator console on the demo's records, with a fresh password for the demo login each run
+    (an engineer, so that every view is open to it). Returns the process, its URL and the password."""
+    from edge_inspect.console.users import add_user
+
+    password = secrets.token_urlsafe(9)
+    add_user(paths.console_users, DEMO_USER, "engineer", password)
+    console = _spawn(
+        [
+            *("console", "--workdir", str(paths.inspector_dir), "--users", str(paths.console_users)),
+            *("--port", str(port_or_free(port))),
+        ]
+    )
+    assert console.stdout is not None
+    for line in console.stdout:
+        try:
+            event = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if event.get("event") == "console_ready":
+            return console, event["url"], password
+    raise RuntimeError(
+        "the console exited during start-up; run `edge-inspect console -v --workdir ...` to see why"
+    )
+
+
 def _watch(endpoint: str, stop: threading.Event, labels: dict[str, str], seen: Counter, out: IO[str]) -> None:
     import zmq
 
@@ -113,7 +157,9 @@ def _watch(endpoint: str, stop: threading.Event, labels: dict[str, str], seen: C
                 print(alarm_line(result, labels.get(result.part_id or "", "unknown")), file=out, flush=True)
 
 
-def run_demo(workdir: Path, seconds: float | None, fps: float, as_json: bool) -> dict[str, Any]:
+def run_demo(
+    workdir: Path, seconds: float | None, fps: float, as_json: bool, console_port: int = CONSOLE_PORT
+) -> dict[str, Any]:
     from edge_inspect.sinks.record_store import RecordStore
     from edge_inspect.training.demo_model import prepare_demo_model
 
@@ -135,14 +181,17 @@ def run_demo(workdir: Path, seconds: float | None, fps: float, as_json: bool) ->
             *("--results", results, "--metrics-port", str(metrics_port)),
         ]
     )
-    camera = None
+    camera = console = None
+    console_url: str | None = None
     stop = threading.Event()
     seen: Counter = Counter()
     t_start_ns = time.time_ns()
     try:
         _wait_ready(inspector)
+        console, console_url, password = _start_console(paths, console_port)
         print(
             f"EdgeInspect demo line: camera {CAMERA_ID} replays ELPV test cells at {fps:g} parts/s\n"
+            f"  console:       {console_url}  (log in as {DEMO_USER} / {password})\n"
             f"  metrics:       http://127.0.0.1:{metrics_port}/metrics\n"
             f"  records:       {paths.inspector_dir / 'records.sqlite'}  (edge-inspect records --db ...)\n"
             f"  NG images:     {paths.inspector_dir / 'images'}\n"
@@ -171,11 +220,13 @@ def run_demo(workdir: Path, seconds: float | None, fps: float, as_json: bool) ->
         except (subprocess.TimeoutExpired, KeyboardInterrupt):
             pass
     finally:
-        for proc in (camera, inspector):
+        for proc in (camera, inspector, console):
             if proc is not None and proc.poll() is None:
                 proc.send_signal(signal.SIGTERM)
                 if proc is camera:
                     proc.wait(timeout=30)
+        if console is not None:
+            console.communicate(timeout=30)
         out, _ = inspector.communicate(timeout=120)
         stop.set()
     served = json.loads(out.strip().splitlines()[-1])
@@ -196,6 +247,7 @@ def run_demo(workdir: Path, seconds: float | None, fps: float, as_json: bool) ->
         "p50_ms": p50,
         "p99_ms": p99,
         "metrics_url": f"http://127.0.0.1:{metrics_port}/metrics",
+        "console_url": console_url,
         "records_db": str(paths.inspector_dir / "records.sqlite"),
         "image_dir": str(paths.inspector_dir / "images"),
         "model": str(model_dir),

@@ -12,7 +12,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         "demo",
         help="run the demo line (camera replaying ELPV cells, inspector, live alarm view)",
         description="Prepare the demo model (trained on first run, then cached), start a camera that replays "
-        "real ELPV solar-cell images and the inspector, and show NG alarms live.",
+        "real ELPV solar-cell images, the inspector and the operator console (its URL and a demo login are "
+        "printed), and show NG alarms live.",
     )
     p.add_argument(
         "--workdir", default="var/demo", help="model cache, records and images (default: %(default)s)"
@@ -22,13 +23,19 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--json", action="store_true", help="print the summary as one JSON object on the last line"
     )
+    p.add_argument(
+        "--console-port",
+        type=int,
+        default=8090,
+        help="port of the operator console on loopback, another free one if taken (default: %(default)s)",
+    )
     p.set_defaults(handler=demo_command)
 
 
 def demo_command(args: argparse.Namespace) -> int:
     from edge_inspect.demo import run_demo
 
-    summary = run_demo(Path(args.workdir), args.seconds, args.fps, args.json)
+    summary = run_demo(Path(args.workdir), args.seconds, args.fps, args.json, args.console_port)
     if args.json:
         print(json.dumps(summary))
     else:
