@@ -218,7 +218,7 @@ def test_views_over_a_real_record_store(tmp_path: Path) -> None:
     assert view["model_in_service"]["version"] == "7"
 
 
-def open_alarms(path: Path) -> int:
+def unacknowledged(path: Path) -> int:
     with ConsoleStore(path) as store:
         return store.count_unacknowledged()
 
@@ -232,10 +232,10 @@ def test_the_feed_follows_the_record_store_and_remembers_its_place(tmp_path: Pat
     feed = LineFeed(settings, hub, on_failure=pytest.fail)
     feed.start()
     try:
-        wait_until(lambda: open_alarms(settings.state_path) == 1, 5, "the first NG alarm")
+        wait_until(lambda: unacknowledged(settings.state_path) == 1, 5, "the first NG alarm")
         with RecordStore(tmp_path / "records.sqlite") as store:
             store.add_results([result("cam-1", 2, "NG", now_s + 0.1)], with_outbox=False)
-        wait_until(lambda: open_alarms(settings.state_path) == 2, 5, "the second NG alarm")
+        wait_until(lambda: unacknowledged(settings.state_path) == 2, 5, "the second NG alarm")
     finally:
         feed.stop.set()
         feed.join(timeout=5)

@@ -65,6 +65,14 @@ def create_app(settings: ConsoleSettings, on_feed_failure: Any = None) -> FastAP
     auth = Authenticator(settings.users_file, settings.proxy_user_header)
     feed = LineFeed(settings, hub, on_feed_failure or (lambda exc: None))
     templates = Jinja2Templates(directory=HERE / "templates")
+    if not auth.can_log_in and not settings.proxy_user_header:
+        log_event(
+            log,
+            logging.WARNING,
+            "console_read_only",
+            why="no users: nobody can acknowledge alarms or label parts; give --users FILE "
+            "(edge-inspect console add-user) or --proxy-user-header",
+        )
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
