@@ -17,9 +17,11 @@ COPY --from=build /opt/edge-inspect /opt/edge-inspect
 RUN useradd --system --uid 10001 --user-group --home-dir /var/lib/edge-inspect --create-home edge-inspect \
     && install -d -o edge-inspect -g edge-inspect /run/edge-inspect /etc/edge-inspect/console
 # ONNX Runtime's CUDA provider loads libcudart, libcublas and libcudnn by name: point it at the pip wheels'.
+# Which GPUs the container sees is the runtime's to say (compose.gpu.yaml reserves one); it needs the
+# driver's compute libraries and NVML (utility, for the GPU metrics).
 ENV PATH=/opt/edge-inspect/bin:$PATH PYTHONUNBUFFERED=1 \
     LD_LIBRARY_PATH=/opt/edge-inspect/lib/python3.11/site-packages/nvidia/cu13/lib:/opt/edge-inspect/lib/python3.11/site-packages/nvidia/cudnn/lib \
-    NVIDIA_VISIBLE_DEVICES=all NVIDIA_DRIVER_CAPABILITIES=compute,utility
+    NVIDIA_DRIVER_CAPABILITIES=compute,utility
 USER edge-inspect
 WORKDIR /var/lib/edge-inspect
 EXPOSE 9108
