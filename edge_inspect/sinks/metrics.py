@@ -196,6 +196,25 @@ def probe_app(metrics_app: Callable, probes: Mapping[str, Probe]) -> Callable:
     return app
 
 
+class ProbeCollector(Collector):
+    """The probes as a gauge, read at scrape time: Prometheus cannot alert on `/readyz`'s JSON, so every
+    check of every probe is also `edgeinspect_probe_ok{probe, check}` (1 while it says ok)."""
+
+    def __init__(self, probes: Mapping[str, Probe]) -> None:
+        self._probes = probes
+
+    def collect(self) -> list[Metric]:
+        family = GaugeMetricFamily(
+            "edgeinspect_probe_ok",
+            "1 while the probe's check says ok, else 0 (the checks of /healthz and /readyz).",
+            labels=["probe", "check"],
+        )
+        for path, probe in self._probes.items():
+            for check, state in probe().items():
+                family.add_metric([path.strip("/"), check], 1.0 if state == "ok" else 0.0)
+        return [family]
+
+
 class _QuietHandler(WSGIRequestHandler):
     def log_message(self, format: str, *args: object) -> None:
         """Scrapes every few seconds are not news."""
@@ -438,6 +457,8 @@ class InspectorMetrics:
         class Server(ThreadingWSGIServer):
             address_family = socket.AF_INET6 if ":" in addr else socket.AF_INET
 
+        if probes:
+            self.registry.register(ProbeCollector(probes))
         app = probe_app(make_wsgi_app(self.registry), probes or {})
         server = make_server(addr, port, app, Server, handler_class=_QuietHandler)
         thread = threading.Thread(target=server.serve_forever, name="edge-inspect-metrics", daemon=True)
