@@ -259,3 +259,19 @@ def test_shift_view_and_part_lookup(line: Line) -> None:
     page.wait_for_selector("#audit tbody tr:has-text('label')")
     for shot in ("line", "alarms", "review", "shift", "lookup"):
         assert (line.shots / f"{shot}.png").stat().st_size < 150_000
+
+
+def test_every_view_fits_a_tablet_and_every_button_takes_a_gloved_finger(line: Line) -> None:
+    page = line.pages["anna"]
+    page.set_viewport_size({"width": 768, "height": 1024})
+    try:
+        for view in ("line", "alarms", "review", "shift", "lookup", "audit"):
+            page.click(f"nav [data-view='{view}']")
+            assert page.evaluate("document.documentElement.scrollWidth <= window.innerWidth"), view
+            heights = page.eval_on_selector_all(
+                "button, select, input[type=checkbox]",
+                "nodes => nodes.filter(n => n.offsetParent).map(n => n.getBoundingClientRect().height)",
+            )
+            assert heights and min(heights) >= 36, (view, heights)  # checkboxes 36 px, the rest 56 px
+    finally:
+        page.set_viewport_size(PANEL)

@@ -77,7 +77,7 @@ function partImage(part, heat = false) {
   const svgNs = "http://www.w3.org/2000/svg";
   const svg = document.createElementNS(svgNs, "svg");
   svg.setAttribute("preserveAspectRatio", "xMidYMid meet");
-  const img = el("img", { src: `/images/${encodeURIComponent(part.result_id)}`, alt: `part ${part.part_id || ""}`, loading: "lazy" });
+  const img = el("img", { src: `/images/${encodeURIComponent(part.result_id)}`, alt: `part ${part.part_id || ""}` });
   img.addEventListener("load", () => {
     svg.setAttribute("viewBox", `0 0 ${img.naturalWidth} ${img.naturalHeight}`);
     for (const defect of part.defects || []) {
@@ -103,7 +103,27 @@ function cachedImage(cache, part, heat = false) {
 function prune(cache, keep) {
   for (const key of cache.keys()) if (!keep.has(key.split("|")[0])) cache.delete(key);
 }
-const tileImages = new Map();
+
+// A tile keeps showing its image until the next one has loaded: a camera sending 10 archived parts a
+// second would otherwise show nothing but images still loading.
+const tileFrames = new Map();
+function tileImage(tile) {
+  let entry = tileFrames.get(tile.camera);
+  if (!entry) {
+    entry = { id: undefined, frame: el("div", { class: "tile-image" }) };
+    tileFrames.set(tile.camera, entry);
+  }
+  const part = tile.last_image;
+  const id = part ? part.result_id : null;
+  if (id !== entry.id) {
+    entry.id = id;
+    const next = partImage(part);
+    const img = next.querySelector("img");
+    if (!img || !entry.frame.firstChild) entry.frame.replaceChildren(next);
+    else img.addEventListener("load", () => entry.id === id && entry.frame.replaceChildren(next));
+  }
+  return entry.frame;
+}
 const alarmImages = new Map();
 
 function defectText(part) {
@@ -129,7 +149,6 @@ function renderTiles() {
   const root = document.getElementById("tiles");
   if (!state.tiles.length) return;
   const now = nowNs();
-  prune(tileImages, new Set(state.tiles.map((tile) => tile.last_image && tile.last_image.result_id)));
   root.replaceChildren(
     ...state.tiles.map((tile) => {
       const last = tile.last || {};
@@ -141,7 +160,7 @@ function renderTiles() {
         { class: `tile verdict-${last.verdict}${silent ? " silent" : ""}`, dataset: { camera: tile.camera, verdict, online: String(tile.online) } },
         el("h2", {}, tile.camera, el("small", {}, tile.station)),
         el("div", { class: `verdict ${verdict}` }, silent ? "CAMERA SILENT" : verdict),
-        cachedImage(tileImages, tile.last_image),
+        tileImage(tile),
         el(
           "dl",
           { class: "facts" },
@@ -158,6 +177,11 @@ function renderTiles() {
 
 // Alarms -------------------------------------------------------------------------------------------
 
+// The page holds the newest alarms only (a bad hour on a fast line raises thousands); older ones are in
+// the store and the lookup.
+const SHOWN_ALARMS = 200;
+const KEPT_ALARMS = 1000;
+
 function updateAlarmBadge(flash = false) {
   const open = [...state.alarms.values()].filter((a) => !a.ack).length;
   const badge = document.getElementById("alarm-count");
@@ -172,7 +196,10 @@ function updateAlarmBadge(flash = false) {
 
 function renderAlarms() {
   const onlyOpen = document.getElementById("only-open").checked;
-  const alarms = [...state.alarms.values()].filter((a) => !onlyOpen || !a.ack).sort((a, b) => b.t_ns - a.t_ns);
+  const alarms = [...state.alarms.values()]
+    .filter((a) => !onlyOpen || !a.ack)
+    .sort((a, b) => b.t_ns - a.t_ns)
+    .slice(0, SHOWN_ALARMS);
   prune(alarmImages, new Set(alarms.map((alarm) => alarm.result_id)));
   document.getElementById("alarms").replaceChildren(...alarms.map(alarmRow));
   document.getElementById("ack-selected").disabled = !state.user || state.selected.size === 0;
@@ -523,6 +550,10 @@ function connect() {
     setTimeout(() => (alarm.fresh = false), 2000);
     alarm.shownMs = Date.now() + state.serverOffsetMs; // when it reached the page, on the server's clock
     state.alarms.set(alarm.id, alarm);
+    if (state.alarms.size > KEPT_ALARMS) {
+      const oldest = [...state.alarms.values()].sort((a, b) => a.t_ns - b.t_ns);
+      oldest.slice(0, state.alarms.size - KEPT_ALARMS).forEach((old) => state.alarms.delete(old.id));
+    }
     renderAlarms();
     updateAlarmBadge(true);
     beep();
