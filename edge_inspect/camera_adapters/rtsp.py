@@ -11,8 +11,9 @@ Frame identity comes from the stream's presentation timestamps (PTS), which Open
 `CAP_PROP_PTS` in frame periods of the stream's declared rate (`CAP_PROP_POS_MSEC` is not used: OpenCV
 reports 0 for both of a stream's first two frames). Per frame:
 
-- `t_source_ns`: the frame's PTS in ns since the first frame of the current RTSP session: the camera's
-  clock for the stream, which starts again at 0 after each reconnect (a new session);
+- `t_source_ns`: the frame's PTS in ns on the clock of the current RTSP session (FFmpeg counts it from the
+  stream's start, the session's first frame unless FFmpeg options discard the frames it probes): the
+  camera's clock for the stream, which starts again after each reconnect (a new session);
 - `frame_id`: the frame's index on that clock (PTS over the frame period), continued across reconnects:
   after an outage the next session starts where the frames the camera would have sent meanwhile end, so
   ids only grow and a gap in them is frames we did not get;
@@ -123,8 +124,8 @@ def plausible_fps(value: float) -> float | None:
 
 
 class StreamPosition(NamedTuple):
-    """Where a frame lies on the stream's clock: `t_ns` since the session's first frame, and `index` in
-    frame periods; either None when the stream gives no usable timestamp or rate."""
+    """Where a frame lies on the stream's clock: `t_ns` since the stream's start, and `index` in frame
+    periods; either None when the stream gives no usable timestamp or rate."""
 
     t_ns: int | None
     index: int | None

@@ -60,13 +60,15 @@ def open_capture(
 
     `params`: OpenCV open parameters as (property, value) pairs flattened, e.g. the FFmpeg backend's open and
     read timeouts. `ffmpeg_options`: FFmpeg demuxer options ("rtsp_transport;udp"), which OpenCV only takes
-    from an environment variable read at open time: it is set for this open and restored afterwards."""
+    from an environment variable read at open time: for this open they are appended to the variable's value
+    (options an operator set there still apply; ours win a clash) and the value is restored afterwards."""
     if ffmpeg_options is None:
         capture = cv2.VideoCapture(capture_target(uri), backend, list(params))
     else:
         with _ffmpeg_options_lock:
             previous = os.environ.get(FFMPEG_OPTIONS_VARIABLE)
-            os.environ[FFMPEG_OPTIONS_VARIABLE] = ffmpeg_options
+            # FFmpeg applies the options in order, so a key given twice takes the later value.
+            os.environ[FFMPEG_OPTIONS_VARIABLE] = "|".join(filter(None, [previous, ffmpeg_options]))
             try:
                 capture = cv2.VideoCapture(capture_target(uri), backend, list(params))
             finally:
