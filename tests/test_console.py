@@ -23,6 +23,7 @@ from edge_inspect.console.users import UsersError, add_user, check_password, loa
 from edge_inspect.console.views import current_window, part_lookup, review_queue, shift_view, window_of
 from edge_inspect.inspector.config import ShiftsConfig
 from edge_inspect.inspector.recipe import AlarmRule
+from edge_inspect.inspector.rules import QualityRules
 from edge_inspect.sinks.record_store import RecordStore
 from tests.helpers import wait_until
 
@@ -223,11 +224,13 @@ def unacknowledged(path: Path) -> int:
         return store.count_unacknowledged()
 
 
-def test_the_feed_follows_the_record_store_and_remembers_its_place(tmp_path: Path) -> None:
+def test_the_feed_follows_the_record_store_and_the_recipe_and_remembers_its_place(tmp_path: Path) -> None:
     now_s = time.time()
     with RecordStore(tmp_path / "records.sqlite") as store:
         store.add_results([result("cam-1", 1, "NG", now_s)], with_outbox=False)
-    settings = ConsoleSettings(workdir=tmp_path, poll_s=0.02)
+    recipe = tmp_path / "recipe.toml"
+    recipe.write_text('[[alarms]]\nname = "ng-pair"\nkind = "consecutive"\nverdict = "NG"\ncount = 2\n')
+    settings = ConsoleSettings(workdir=tmp_path, rules=QualityRules(recipe=recipe), poll_s=0.02)
     hub = Hub()
     feed = LineFeed(settings, hub, on_failure=pytest.fail)
     feed.start()
@@ -235,10 +238,12 @@ def test_the_feed_follows_the_record_store_and_remembers_its_place(tmp_path: Pat
         wait_until(lambda: unacknowledged(settings.state_path) == 1, 5, "the first NG alarm")
         with RecordStore(tmp_path / "records.sqlite") as store:
             store.add_results([result("cam-1", 2, "NG", now_s + 0.1)], with_outbox=False)
-        wait_until(lambda: unacknowledged(settings.state_path) == 2, 5, "the second NG alarm")
+        wait_until(
+            lambda: unacknowledged(settings.state_path) == 3, 5, "the second NG and the recipe's alarm"
+        )
     finally:
         feed.stop.set()
         feed.join(timeout=5)
     with ConsoleStore(settings.state_path) as store:
-        assert [a["kind"] for a in store.alarms()] == ["ng_part", "ng_part"]
+        assert sorted(a["kind"] for a in store.alarms()) == ["line_rule", "ng_part", "ng_part"]
         assert store.cursor() == 2
