@@ -225,6 +225,15 @@ def test_trainer_on_a_folder_in_the_common_layout(tmp_path: Path) -> None:
     assert card.preprocess == LITE0.recipe(SIZE)
     assert card.thresholds.score_low < card.thresholds.threshold < card.thresholds.score_high
     assert json.loads((out / "model.json").read_text())["family"] == "patchcore"
+    # Neighbourhood was left open: both candidates were tried on the 3 good val crops and 3 synthetic
+    # defects drawn on them, and the card says which won and why.
+    selection = training["selection"]
+    assert (selection["n_val_good"], selection["n_synthetic"]) == (3, 3)
+    assert [c["neighbourhood"] for c in selection["candidates"]] == [1, 3]
+    assert training["patchcore"]["neighbourhood"] in (1, 3)
+    assert selection["chosen"].startswith(
+        f"{SIZE} px, stride 16+32, {training['patchcore']['neighbourhood']}x"
+    )
 
 
 def test_eval_reports_pixel_auroc_from_ground_truth_masks(tmp_path: Path) -> None:
@@ -265,7 +274,10 @@ def test_train_subcommand_parses_its_options() -> None:
     args = parser.parse_args(
         ["patchcore", "--out", "var/x", "--coreset-ratio", "0.05", "--target-frr", "0.01", "--limit", "200"]
     )
-    assert (args.data, args.out, args.input_size, args.seed) == ("elpv", "var/x", 224, 0)
+    # Input size, levels and neighbourhood left open: chosen on good and synthetic-defect images.
+    assert (args.data, args.out, args.input_size, args.seed, args.select) == ("elpv", "var/x", None, 0, True)
+    assert (args.levels, args.neighbourhood) == (None, None)
+    assert not parser.parse_args(["patchcore", "--out", "x", "--no-select"]).select
     assert (args.coreset_ratio, args.target_frr, args.limit, args.no_progress) == (0.05, 0.01, 200, False)
     assert callable(args.handler)
 

@@ -11,6 +11,7 @@ import argparse
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 from edge_inspect.models.efficientnet_lite0 import CONFIG as LITE0
 from edge_inspect.models.families import get_family, known_families
@@ -18,7 +19,12 @@ from edge_inspect.models.package import ModelPackage, ModelPackageError, load_pa
 from edge_inspect.training.calibrate import DEFAULT_TARGET_FRR
 from edge_inspect.training.datasets import TrainingDataError
 from edge_inspect.training.train_classifier import FINETUNE_INPUT_SIZE, RECIPES, TrainConfig
-from edge_inspect.training.train_patchcore import DEFAULT_CORESET_RATIO
+from edge_inspect.training.train_patchcore import (
+    CANDIDATE_INPUT_SIZES,
+    CANDIDATE_LEVELS,
+    CANDIDATE_NEIGHBOURHOODS,
+    DEFAULT_CORESET_RATIO,
+)
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -145,8 +151,14 @@ def register_patchcore(families: argparse._SubParsersAction) -> None:
     parser = families.add_parser(
         "patchcore",
         help="good-only anomaly detection (PatchCore on EfficientNet-Lite0 features)",
-        description="Fit a PatchCore memory bank on good images, calibrate the threshold on validation "
-        "images and write a model package with an anomaly map.",
+        description="Learn what good parts look like from good images only (no defect samples needed) and "
+        "write a model package that scores every part and maps where it looks unusual. The settings left "
+        "open below (input size, feature levels, neighbourhood) are chosen automatically: each candidate "
+        "is tried on held-out good images and on copies of them with synthetic scratches, spots, cracks, "
+        "stains, missing material and foreign particles; the one that tells them apart best wins, the "
+        "cheaper one on a near tie. Real defect images are never used for that choice. The reject "
+        "threshold is then set so that a chosen share of good parts is rejected (--target-frr), and the "
+        "summary says how sure that is.",
     )
     add_patchcore_arguments(parser)
     parser.set_defaults(handler=train_patchcore_command)
@@ -167,7 +179,11 @@ def add_patchcore_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--out", required=True, help="directory for the model package")
     parser.add_argument(
-        "--input-size", type=int, default=LITE0.input_size, help=f"square input side, px ({LITE0.input_size})"
+        "--input-size",
+        type=int,
+        default=None,
+        help="square side the image is resized to, px; larger sees smaller defects and costs more per part "
+        f"(default: chosen among {', '.join(map(str, CANDIDATE_INPUT_SIZES))})",
     )
     parser.add_argument(
         "--coreset-ratio",
@@ -187,13 +203,17 @@ def add_patchcore_arguments(parser: argparse.ArgumentParser) -> None:
         "--levels",
         type=parse_levels,
         default=None,
-        help="backbone feature levels, comma-separated, level k = stride 2**k (default 4,5)",
+        help="backbone feature levels, comma-separated, level k = stride 2**k: 3 sees 8 px details, 5 sees "
+        "32 px regions (default: chosen among "
+        + " / ".join(",".join(map(str, levels)) for levels in CANDIDATE_LEVELS)
+        + ")",
     )
     parser.add_argument(
         "--neighbourhood",
         type=int,
         default=None,
-        help="average each patch descriptor over its n x n neighbours, odd n (default 1: none)",
+        help="average each patch descriptor over its n x n neighbours, odd n; larger tolerates more "
+        "normal variation (default: chosen among " + " / ".join(map(str, CANDIDATE_NEIGHBOURHOODS)) + ")",
     )
     parser.add_argument(
         "--flips",
@@ -201,6 +221,14 @@ def add_patchcore_arguments(parser: argparse.ArgumentParser) -> None:
         default=None,
         help="mirror views in the bank and averaged maps (default: on for ELPV, off for folders, where a "
         "mirrored part may be a defect)",
+    )
+    parser.add_argument(
+        "--select",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="choose the open settings on good and synthetic-defect images (default); --no-select takes "
+        f"the plain defaults ({LITE0.input_size} px, levels 4,5, no neighbourhood averaging), which trains "
+        "faster",
     )
     parser.add_argument("--threads", type=int, default=0, help="torch threads (default: all cores)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
@@ -226,6 +254,7 @@ def train_patchcore_command(args: argparse.Namespace) -> int:
             levels=args.levels,
             neighbourhood=args.neighbourhood,
             flips=args.flips,
+            select=args.select,
         )
         package = load_package(path)
     except (TrainingDataError, ModelPackageError, ExportError, ValueError) as exc:
@@ -261,4 +290,23 @@ def patchcore_summary(package: ModelPackage, seconds: float) -> str:
         ),
         f"time: {card.training['train_seconds']:.0f} s training, {seconds:.0f} s in all",
     ]
-    return "\n".join(lines)
+    return "\n".join(selection_lines(card.training.get("selection")) + lines)
+
+
+def selection_lines(selection: dict[str, Any] | None) -> list[str]:
+    """What was tried and why the setting won, as a table."""
+    if not selection:
+        return []
+    lines = [f"chosen: {selection['chosen']}"]
+    if selection["candidates"]:
+        lines.append(
+            f"tried on {selection['n_val_good']} held-out good images and {selection['n_synthetic']} "
+            "synthetic defects drawn on them:"
+        )
+        lines.append("  setting                                            AUROC  missed  ms/image")
+        for trial in selection["candidates"]:
+            auroc, missed = trial["synthetic_auroc"], trial["synthetic_miss_rate"]
+            lines.append(
+                f"  {trial['setting']:<50} {auroc:.3f}  {missed:>6.0%}  {trial['ms_per_image']:>8.0f}"
+            )
+    return lines

