@@ -123,6 +123,8 @@ def test_settings_refuse_what_cannot_work() -> None:
     with pytest.raises(ValueError, match="expected_fps"):
         RtspSettings("rtsp://cam/x", expected_fps=90000)
     assert ffmpeg_options(RtspSettings("RTSP://cam/x", transport="udp").transport) == "rtsp_transport;udp"
+    shown = repr(RtspSettings("rtsp://admin:secret@cam/x", expected_fps=25.0))
+    assert "secret" not in shown and "url='rtsp://admin:***@cam/x'" in shown and "expected_fps=25.0" in shown
 
 
 def test_stream_position_numbering_and_gaps() -> None:

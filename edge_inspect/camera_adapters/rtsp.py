@@ -58,7 +58,7 @@ OPEN_HINT = (
 )
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, repr=False)
 class RtspSettings:
     """One RTSP camera.
 
@@ -79,6 +79,12 @@ class RtspSettings:
     reconnect_first_s: float = 0.5
     reconnect_max_s: float = 10.0
     expected_fps: float | None = None
+
+    def __repr__(self) -> str:
+        # Settings get logged and printed: the URL's password stays out of them.
+        fields = {name: getattr(self, name) for name in self.__dataclass_fields__}
+        fields["url"] = redact_uri(self.url)
+        return f"RtspSettings({', '.join(f'{name}={value!r}' for name, value in fields.items())})"
 
     def __post_init__(self) -> None:
         if not self.url.lower().startswith(URL_SCHEMES):
