@@ -1,5 +1,6 @@
 """The OPC UA output against asyncua's own client on loopback: current state for a client that connects
-late, every result as an event in order, the reject signal for NG, stale NGs kept off it, restarts."""
+late, every result as an event in order, the reject signal for NG, stale NGs kept off it, restarts; and
+security: Basic256Sha256 SignAndEncrypt with a trust list, None and untrusted clients refused."""
 
 from __future__ import annotations
 
@@ -10,11 +11,14 @@ from typing import Any
 
 import pytest
 from asyncua import Client, ua
+from asyncua.crypto.security_policies import SecurityPolicyBasic256Sha256
+from pydantic import ValidationError
 
 from edge_inspect.inspector.config import OpcUaConfig
 from edge_inspect.sinks.metrics import InspectorMetrics
-from edge_inspect.sinks.opcua_output import OpcUaOutput, node_path
+from edge_inspect.sinks.opcua_output import OpcUaOutput, node_path, server_identity
 from tests.output_peers import free_port, make_result, record
+from tests.tls_peers import OpcUaPki, make_opcua_pki
 
 LINE = "L1"
 URI = "urn:edgeinspect"
@@ -260,3 +264,145 @@ async def _camera_health(port: int, seen_ns: int) -> None:
         assert abs(last.timestamp() - seen_ns / 1e9) < 0.01
     finally:
         await client.disconnect()
+
+
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory: pytest.TempPathFactory) -> OpcUaPki:
+    return make_opcua_pki(tmp_path_factory.mktemp("opcua-pki"))
+
+
+def secure_config(pki: OpcUaPki, port: int, **extra: Any) -> OpcUaConfig:
+    return OpcUaConfig(
+        endpoint=f"opc.tcp://127.0.0.1:{port}/edgeinspect/",
+        line=LINE,
+        certificate=pki.server_cert,
+        private_key=pki.server_key,
+        trusted_clients_dir=pki.trusted_dir,
+        **extra,
+    )
+
+
+def test_security_settings_are_checked_before_anything_serves(pki: OpcUaPki, tmp_path: Path) -> None:
+    exposed = "opc.tcp://0.0.0.0:4840/edgeinspect/"
+    with pytest.raises(ValidationError, match=r"must be secured: set opcua\.certificate"):
+        OpcUaConfig(endpoint=exposed)
+    # Unencrypted beyond loopback only when asked for by name (a PLC that speaks no security policy).
+    assert OpcUaConfig(endpoint=exposed, security=("None",)).policies == ("None",)
+    assert OpcUaConfig(endpoint="opc.tcp://127.0.0.1:4840/").policies == ("None",)
+    secured = secure_config(pki, 4840)
+    assert secured.policies == ("Basic256Sha256_SignAndEncrypt",)
+    with pytest.raises(ValidationError, match="needs the server's own certificate"):
+        OpcUaConfig(endpoint=exposed, security=("Basic256Sha256_SignAndEncrypt",))
+    with pytest.raises(ValidationError, match=r"needs opcua\.trusted_clients_dir"):
+        OpcUaConfig(endpoint=exposed, certificate=pki.server_cert, private_key=pki.server_key)
+    with pytest.raises(ValidationError, match="go together"):
+        OpcUaConfig(endpoint=exposed, certificate=pki.server_cert, trusted_clients_dir=pki.trusted_dir)
+    empty = tmp_path / "no-certificates"
+    empty.mkdir()
+    with pytest.raises(ValidationError, match="holds no"):
+        OpcUaConfig(certificate=pki.server_cert, private_key=pki.server_key, trusted_clients_dir=empty)
+    with pytest.raises(ValidationError, match="offers only"):
+        secure_config(pki, 4840, security=("None",))
+    with pytest.raises(ValidationError, match="Basic256Sha256_SignAndEncrypt"):  # SHA-1: deprecated, refused
+        secure_config(pki, 4840, security=("Basic128Rsa15_SignAndEncrypt",))
+    # A key that is not the certificate's fails the start, saying so.
+    with pytest.raises(ValueError, match="is not the private key of"):
+        server_identity(pki.server_cert, pki.client_key)
+
+
+async def secure_client(url: str, pki: OpcUaPki, certificate: Path, key: Path) -> Client:
+    client = Client(url, timeout=10)
+    client.application_uri = pki.client_uri
+    await client.set_security(
+        SecurityPolicyBasic256Sha256, str(certificate), str(key), mode=ua.MessageSecurityMode.SignAndEncrypt
+    )
+    return client
+
+
+async def session_ignoring_endpoints(client: Client, url: str) -> None:
+    """What a hostile client does: a session over its own secure channel (None unless `set_security`
+    was called), naming no certificate in CreateSession and skipping the check of the server's
+    endpoints that asyncua's `connect` makes. Raises when the server refuses."""
+    await client.connect_socket()
+    await client.send_hello()
+    await client.open_secure_channel()
+    description = ua.ApplicationDescription()
+    description.ApplicationUri, description.ApplicationType = (
+        client.application_uri,
+        ua.ApplicationType.Client,
+    )
+    create = ua.CreateSessionParameters()
+    create.ClientDescription, create.EndpointUrl, create.SessionName = description, url, "hostile"
+    create.ClientNonce, create.RequestedSessionTimeout = b"n" * 32, 10_000
+    session = await client.uaclient.create_session(create)
+    activate = ua.ActivateSessionParameters()
+    policy = client.security_policy
+    challenge = (session.ServerCertificate or b"") + session.ServerNonce
+    activate.ClientSignature.Signature = policy.asymmetric_cryptography.signature(challenge)
+    activate.ClientSignature.Algorithm = policy.AsymmetricSignatureURI
+    activate.UserIdentityToken = ua.AnonymousIdentityToken(PolicyId="anonymous")
+    await client.uaclient.activate_session(activate)
+
+
+def test_only_trusted_clients_read_a_secured_server(tmp_path: Path, pki: OpcUaPki) -> None:
+    """Basic256Sha256 SignAndEncrypt only: a client whose certificate the plant CA issued reads over it;
+    a None client and a client with a self-made certificate are refused, also when they skip the
+    client-side checks, and each refusal is counted."""
+    db, port, metrics = tmp_path / "records.sqlite", free_port(), InspectorMetrics()
+    result = make_result(0, verdict="NG")
+    record(db, result)
+    output = OpcUaOutput(secure_config(pki, port), db, tmp_path / "outputs.sqlite", metrics)
+    output.start()
+    try:
+        asyncio.run(_only_trusted_clients(f"opc.tcp://127.0.0.1:{port}/edgeinspect/", pki, result.result_id))
+        refused = metrics.output_errors.labels(output="opcua", reason="client_refused")._value.get()
+        assert refused == 3  # the rogue certificate at CreateSession, then both hostile sessions
+    finally:
+        output.stop()
+
+
+async def _only_trusted_clients(url: str, pki: OpcUaPki, result_id: str) -> None:
+    client = await secure_client(url, pki, pki.client_cert, pki.client_key)
+    async with client:
+        assert client.security_policy.Mode == ua.MessageSecurityMode.SignAndEncrypt
+        idx = await client.get_namespace_index(URI)
+        assert await Station(client, idx, "st-1").read("LastResult", "ResultId") == result_id
+        assert await Station(client, idx, "st-1").read("Reject", "StaleCount") == 0
+        endpoints = await client.get_endpoints()
+        assert {(e.SecurityPolicyUri, e.SecurityMode) for e in endpoints} == {
+            (SecurityPolicyBasic256Sha256.URI, ua.MessageSecurityMode.SignAndEncrypt)
+        }
+        # The server presents its application URI, taken from its certificate.
+        assert {e.Server.ApplicationUri for e in endpoints} == {pki.server_uri}
+
+    with pytest.raises(ua.UaError, match="No matching endpoints"):  # a well-behaved None client
+        await Client(url, timeout=10).connect()
+    rogue = await secure_client(url, pki, pki.rogue_cert, pki.rogue_key)
+    with pytest.raises(ua.UaStatusCodeError, match="BadCertificateUntrusted"):
+        await rogue.connect()
+    await rogue.disconnect()
+    for hostile in (Client(url, timeout=10), await secure_client(url, pki, pki.rogue_cert, pki.rogue_key)):
+        hostile.application_uri = pki.client_uri
+        with pytest.raises(ua.UaStatusCodeError, match="BadUserAccessDenied"):
+            await session_ignoring_endpoints(hostile, url)
+        hostile.disconnect_socket()
+
+
+def test_none_listed_beside_a_secure_policy_serves_both(tmp_path: Path, pki: OpcUaPki) -> None:
+    db, port = tmp_path / "records.sqlite", free_port()
+    result = make_result(0)
+    record(db, result)
+    config = secure_config(pki, port, security=("Basic256Sha256_SignAndEncrypt", "None"))
+    output = OpcUaOutput(config, db, tmp_path / "outputs.sqlite")
+    output.start()
+    try:
+        asyncio.run(_both(f"opc.tcp://127.0.0.1:{port}/edgeinspect/", pki, result.result_id))
+    finally:
+        output.stop()
+
+
+async def _both(url: str, pki: OpcUaPki, result_id: str) -> None:
+    for client in (Client(url, timeout=10), await secure_client(url, pki, pki.client_cert, pki.client_key)):
+        async with client:
+            idx = await client.get_namespace_index(URI)
+            assert await Station(client, idx, "st-1").read("LastResult", "ResultId") == result_id

@@ -1,6 +1,6 @@
 """Throwaway TLS material for loopback peers: a CA, a server certificate for 127.0.0.1 and a client
-certificate, made at test time with `cryptography` and written as PEM files; and server-side contexts
-for python's ssl + http.server."""
+certificate, made at test time with `cryptography` and written as PEM files; server-side contexts for
+python's ssl + http.server; and OPC UA application certificates (`make_opcua_pki`)."""
 
 from __future__ import annotations
 
@@ -126,4 +126,72 @@ def make_tls_files(directory: Path) -> TlsFiles:
         client_cert=write("client.pem", client_pem),
         client_key=write("client.key", _key_pem(client_key)),
         client_combined=write("client-combined.pem", client_pem + _key_pem(client_key)),
+    )
+
+
+@dataclass(frozen=True)
+class OpcUaPki:
+    """OPC UA application certificates (RSA, as the OPC UA policies need), made with asyncua's own
+    helpers: a plant CA, the server's certificate issued by it (PEM in a `.crt` file, its key as DER,
+    so that the server must tell the formats apart by content), a client issued by the plant CA, and a
+    rogue client that made its own certificate."""
+
+    server_cert: Path
+    server_key: Path
+    # Holds the plant CA only: a client is trusted because the CA issued its certificate.
+    trusted_dir: Path
+    client_cert: Path
+    client_key: Path
+    rogue_cert: Path
+    rogue_key: Path
+    # The application URI in both client certificates (OPC UA checks it against the client's).
+    client_uri: str = "urn:edgeinspect:test:plc"
+    server_uri: str = "urn:edgeinspect:test:server"
+
+
+def make_opcua_pki(directory: Path) -> OpcUaPki:
+    from asyncua.crypto import cert_gen
+
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / "trusted").mkdir(exist_ok=True)
+    loopback = [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
+    ca_key = cert_gen.generate_private_key()
+    ca_cert = cert_gen.generate_self_signed_app_certificate(ca_key, "EdgeInspect test plant CA", {}, [], [])
+
+    def issued(common_name: str, uri: str, usage: x509.ObjectIdentifier) -> tuple[x509.Certificate, bytes]:
+        key = cert_gen.generate_private_key()
+        san = [x509.UniformResourceIdentifier(uri), *loopback]
+        csr = cert_gen.generate_app_certificate_signing_request(key, common_name, {}, san, [usage])
+        return cert_gen.sign_certificate_request(
+            csr, ca_cert, ca_key, days=1
+        ), cert_gen.dump_private_key_as_pem(key)
+
+    def write(name: str, data: bytes) -> Path:
+        path = directory / name
+        path.write_bytes(data)
+        return path
+
+    der, pem = serialization.Encoding.DER, serialization.Encoding.PEM
+    server_cert, server_key_pem = issued("edge-inspect", OpcUaPki.server_uri, ExtendedKeyUsageOID.SERVER_AUTH)
+    server_key_der = serialization.load_pem_private_key(server_key_pem, password=None).private_bytes(
+        der, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
+    client_cert, client_key = issued("line PLC", OpcUaPki.client_uri, ExtendedKeyUsageOID.CLIENT_AUTH)
+    rogue_key = cert_gen.generate_private_key()
+    rogue_cert = cert_gen.generate_self_signed_app_certificate(
+        rogue_key,
+        "line PLC",
+        {},
+        [x509.UniformResourceIdentifier(OpcUaPki.client_uri), *loopback],
+        [ExtendedKeyUsageOID.CLIENT_AUTH],
+        days=1,
+    )
+    return OpcUaPki(
+        server_cert=write("server.crt", server_cert.public_bytes(pem)),
+        server_key=write("server.key", server_key_der),
+        trusted_dir=write("trusted/plant-ca.der", ca_cert.public_bytes(der)).parent,
+        client_cert=write("client.der", client_cert.public_bytes(der)),
+        client_key=write("client-key.pem", client_key),
+        rogue_cert=write("rogue.der", rogue_cert.public_bytes(der)),
+        rogue_key=write("rogue-key.pem", cert_gen.dump_private_key_as_pem(rogue_key)),
     )

@@ -308,8 +308,9 @@ class MqttConfig(Section):
     """The MQTT output (sinks/mqtt_output.py, topics in docs/outputs.md): results, alarms and statuses
     from the record store to a broker, QoS 1, at least once. `host` unset: off. `line` is the topic's
     line level. The password is never written here: `password_file` holds it. `ca_file` turns TLS on
-    (`client_cert` + `client_key` for mutual TLS). A camera is reported offline after `camera_timeout_s`
-    without a result."""
+    (`client_cert` + `client_key` for mutual TLS; the broker's certificate must name `host`), and a
+    password is sent to a broker beyond loopback only over TLS. A camera is reported offline after
+    `camera_timeout_s` without a result."""
 
     host: str | None = None
     port: int = Field(1883, ge=1, le=65535)
@@ -328,18 +329,41 @@ class MqttConfig(Section):
     max_in_flight: int = Field(100, ge=1, le=10_000)
     poll_ms: float = Field(50.0, gt=0, le=60_000)
 
+    @model_validator(mode="after")
+    def _tls_consistent(self) -> MqttConfig:
+        if self.client_key is not None and self.client_cert is None:
+            raise ValueError("mqtt.client_key needs mqtt.client_cert: the certificate that key belongs to")
+        # An IPv6 address goes in brackets to be read as a host.
+        host = f"[{self.host}]" if self.host and ":" in self.host else self.host
+        if self.password_file is not None and not self.tls and host and not is_loopback(f"tcp://{host}"):
+            raise ValueError(
+                f"mqtt.password_file is set and {self.host} is reachable from the network, so the password "
+                "would travel in clear: set mqtt.ca_file (the CA of the broker's TLS certificate) and the "
+                "broker's TLS port, or use a broker on 127.0.0.1"
+            )
+        return self
+
     @property
     def enabled(self) -> bool:
         return self.host is not None
 
+    @property
+    def tls(self) -> bool:
+        return self.ca_file is not None or self.client_cert is not None
+
 
 class OpcUaConfig(Section):
     """The OPC UA server (sinks/opcua_output.py, nodes in docs/outputs.md): per station the last result,
-    counters, camera status, a ResultReady event and the reject output. `endpoint` unset: off. The
-    server is read-only and unencrypted (SecurityPolicy None): keep it on the machine network's
-    segment the PLC is on. `Reject` stays true `reject_pulse_ms` after the last NG; an NG captured more
-    than `reject_max_age_ms` before it reaches the server (replayed after a restart) is counted but
-    does not touch the reject output, so a PLC never rejects a part that has long passed."""
+    counters, camera status, a ResultReady event and the reject output. `endpoint` unset: off. Clients
+    only read. `Reject` stays true `reject_pulse_ms` after the last NG; an NG captured more than
+    `reject_max_age_ms` before it reaches the server (replayed after a restart) is counted but does not
+    touch the reject output, so a PLC never rejects a part that has long passed.
+
+    Security (docs/security.md): with `certificate` + `private_key` (the server's RSA application
+    certificate, PEM or DER) the server offers `security` (default Basic256Sha256_SignAndEncrypt) and
+    accepts only clients whose certificate, or its issuer, is in `trusted_clients_dir`. Without them it
+    is unencrypted and open to anyone (SecurityPolicy None), which a server beyond loopback may be only
+    when `security` lists "None" explicitly."""
 
     endpoint: str | None = None
     line: str = Field("line-1", min_length=1, max_length=128)
@@ -348,6 +372,27 @@ class OpcUaConfig(Section):
     reject_max_age_ms: float = Field(5000.0, gt=0)
     camera_timeout_s: float = Field(30.0, gt=0)
     poll_ms: float = Field(20.0, gt=0, le=60_000)
+    certificate: ExistingFile = None
+    private_key: ExistingFile = None
+    # Client certificates (PLCs, SCADA) or the CAs that issued them, one *.der or *.pem file each.
+    trusted_clients_dir: ExistingDir = None
+    # asyncua's policy_mode names; the SHA-1 policies (Basic128Rsa15, Basic256) are deprecated and left out.
+    # Unset: Basic256Sha256_SignAndEncrypt with a certificate, "None" without (loopback only).
+    security: (
+        tuple[
+            Literal[
+                "None",
+                "Basic256Sha256_Sign",
+                "Basic256Sha256_SignAndEncrypt",
+                "Aes128Sha256RsaOaep_Sign",
+                "Aes128Sha256RsaOaep_SignAndEncrypt",
+                "Aes256Sha256RsaPss_Sign",
+                "Aes256Sha256RsaPss_SignAndEncrypt",
+            ],
+            ...,
+        ]
+        | None
+    ) = Field(None, min_length=1)
 
     @field_validator("endpoint")
     @classmethod
@@ -356,9 +401,56 @@ class OpcUaConfig(Section):
             raise ValueError(f"{endpoint!r} must be an opc.tcp://host:port/path URL")
         return endpoint
 
+    @model_validator(mode="after")
+    def _secured_beyond_loopback(self) -> OpcUaConfig:
+        if (self.certificate is None) != (self.private_key is None):
+            raise ValueError(
+                "opcua.certificate and opcua.private_key go together: the server's certificate and its key"
+            )
+        secure = [policy for policy in self.policies if policy != "None"]
+        if secure and self.certificate is None:
+            raise ValueError(
+                f"opcua.security lists {', '.join(secure)}, which needs the server's own certificate: set "
+                "opcua.certificate and opcua.private_key"
+            )
+        if self.certificate is not None and not secure:
+            raise ValueError(
+                'opcua.certificate is set but opcua.security offers only "None": add a policy such as '
+                '"Basic256Sha256_SignAndEncrypt", or drop the certificate'
+            )
+        if self.certificate is not None and self.trusted_clients_dir is None:
+            raise ValueError(
+                "opcua.certificate needs opcua.trusted_clients_dir: the directory of the client certificates "
+                "(or of the CAs that issued them) the server accepts; without it any client could read"
+            )
+        if self.trusted_clients_dir is not None:
+            if self.certificate is None:
+                raise ValueError("opcua.trusted_clients_dir needs opcua.certificate and opcua.private_key")
+            if not any(
+                path.suffix.lower() in (".der", ".pem") for path in self.trusted_clients_dir.iterdir()
+            ):
+                raise ValueError(
+                    f"{self.trusted_clients_dir} holds no *.der or *.pem certificate, so no client could "
+                    "connect: copy each client's certificate (or its CA's) into opcua.trusted_clients_dir"
+                )
+        if self.endpoint and self.security is None and not secure and not is_loopback(self.endpoint):
+            raise ValueError(
+                f"{self.endpoint} is reachable from the network, so the OPC UA server must be secured: set "
+                "opcua.certificate, opcua.private_key and opcua.trusted_clients_dir (docs/security.md), or "
+                'bind opc.tcp://127.0.0.1, or accept any client unencrypted with opcua.security = ["None"]'
+            )
+        return self
+
     @property
     def enabled(self) -> bool:
         return self.endpoint is not None
+
+    @property
+    def policies(self) -> tuple[str, ...]:
+        """The security policies and modes the server offers (`security`, or its default)."""
+        if self.security is not None:
+            return self.security
+        return ("Basic256Sha256_SignAndEncrypt",) if self.certificate is not None else ("None",)
 
 
 class InspectorConfig(Section):

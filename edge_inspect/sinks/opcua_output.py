@@ -28,6 +28,11 @@ replay after a restart) is counted in `StaleCount` only, so a PLC never rejects 
 
 Camera health (`LastFrameTime` and the gateway's device counters) is read from the record store about
 once a second (inspector/camera_health.py saves it there).
+
+Security (`ClientGate`): the server offers `config.policies` only. With a certificate, a client must
+present a certificate found in `trusted_clients_dir` or issued by a CA there; a None channel is served
+only when "None" is one of the policies. Clients identify by their application certificate (anonymous
+user token); each refusal is logged and counted (`edgeinspect_output_errors_total{reason="client_refused"}`).
 """
 
 from __future__ import annotations
@@ -37,10 +42,15 @@ import json
 import logging
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
 
 from edge_inspect.bus.contracts import VERDICTS
 from edge_inspect.inspector.config import OpcUaConfig
@@ -49,7 +59,9 @@ from edge_inspect.sinks.record_store import CameraReading, RecordStore
 from edge_inspect.sinks.result_tail import CameraWatch, CursorStore, ResultTail, TailItem, escape_id
 
 if TYPE_CHECKING:
-    from asyncua import Node, Server
+    from asyncua import Node, Server, ua
+    from asyncua.crypto.permission_rules import User
+    from asyncua.crypto.truststore import TrustStore
     from asyncua.server.event_generator import EventGenerator
 
     from edge_inspect.sinks.metrics import InspectorMetrics
@@ -270,15 +282,133 @@ def station_variables() -> dict[str, tuple[tuple[str, Any, Any], ...]]:
     }
 
 
-async def make_server(config: OpcUaConfig) -> tuple[Server, int, Node, Node]:
-    """The server (not yet listening), its namespace index, the line object and the event type."""
+def _is_pem(data: bytes) -> bool:
+    return data.lstrip().startswith(b"-----BEGIN")
+
+
+def server_identity(
+    certificate_path: Path, key_path: Path
+) -> tuple[x509.Certificate, rsa.RSAPrivateKey, str]:
+    """The server's certificate, its private key and its application URI (the certificate's URI
+    subjectAltName, which OPC UA clients compare with the server's), checked to belong together. PEM or
+    DER, told apart by content: asyncua would go by the file name's extension."""
+    data, key_data = certificate_path.read_bytes(), key_path.read_bytes()
+    certificate = (
+        x509.load_pem_x509_certificate(data) if _is_pem(data) else x509.load_der_x509_certificate(data)
+    )
+    if _is_pem(key_data):
+        key = serialization.load_pem_private_key(key_data, password=None)
+    else:
+        key = serialization.load_der_private_key(key_data, password=None)
+    if not isinstance(key, rsa.RSAPrivateKey):
+        raise ValueError(
+            f"{key_path} is not an RSA key: OPC UA's security policies sign and encrypt with RSA"
+        )
+    if certificate.public_key() != key.public_key():
+        raise ValueError(f"{key_path} is not the private key of {certificate_path}: give the matching pair")
+    try:
+        san = certificate.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+        uris = san.get_values_for_type(x509.UniformResourceIdentifier)
+    except x509.ExtensionNotFound:
+        uris = []
+    if not uris:
+        raise ValueError(
+            f"{certificate_path} has no URI subjectAltName: OPC UA clients check the server's application "
+            "URI against it; issue the certificate with one, e.g. URI:urn:edgeinspect:<host>"
+        )
+    return certificate, key, uris[0]
+
+
+def _subject(certificate: x509.Certificate | None) -> str:
+    return certificate.subject.rfc4514_string() if certificate is not None else ""
+
+
+class ClientGate:
+    """Who may open a session. asyncua checks the certificate a client names in CreateSession
+    (`validate`: validity, application URI, key usage, trust), but a client may name none there while
+    its secure channel uses an untrusted one, and may open a channel with SecurityPolicy None although
+    the server offers no such endpoint (asyncua accepts it and only the client's own endpoint check
+    stops it). So every session is checked again at activation, asyncua's user-manager hook
+    (`get_user`), against the secure channel's own certificate: none there means a None channel."""
+
+    def __init__(
+        self, allow_none: bool, trust_store: TrustStore | None, on_refused: Callable[[str, str], None]
+    ) -> None:
+        from asyncua.crypto.validator import CertificateValidator, CertificateValidatorOptions
+
+        self.allow_none, self.trust_store, self.on_refused = allow_none, trust_store, on_refused
+        options = CertificateValidatorOptions.TRUSTED_VALIDATION | CertificateValidatorOptions.PEER_CLIENT
+        self.validator = CertificateValidator(options, trust_store)
+
+    async def validate(self, certificate: x509.Certificate, application: ua.ApplicationDescription) -> None:
+        from asyncua import ua
+        from asyncua.common.utils import ServiceError
+
+        if self.trust_store is None:
+            return  # no certificate of the server's, so no secure channel: nothing a certificate could open
+        try:
+            await self.validator.validate(certificate, application)
+        except ServiceError as exc:
+            self.on_refused(ua.StatusCode(exc.code).name, _subject(certificate))
+            raise
+
+    def get_user(
+        self, iserver: Any, username: str | None = None, password: str | None = None, certificate: Any = None
+    ) -> User | None:
+        from asyncua.crypto.permission_rules import User, UserRole
+
+        if not certificate:  # a None channel (asyncua passes b"")
+            if self.allow_none:
+                return User(role=UserRole.User)
+            self.on_refused("BadSecurityPolicyRejected", "")
+            return None
+        peer = x509.load_der_x509_certificate(certificate)
+        if self.trust_store is not None and self.trust_store.validate(peer):
+            return User(role=UserRole.User)
+        self.on_refused("BadCertificateUntrusted", _subject(peer))
+        return None
+
+
+async def client_gate(config: OpcUaConfig, on_refused: Callable[[str, str], None]) -> ClientGate:
+    """The `ClientGate` of `config`: its trusted client certificates loaded."""
+    from asyncua.crypto.truststore import TrustStore
+
+    trust_store = None
+    if config.trusted_clients_dir is not None:
+        trust_store = TrustStore([config.trusted_clients_dir], [])
+        await trust_store.load()
+    return ClientGate("None" in config.policies, trust_store, on_refused)
+
+
+async def make_server(
+    config: OpcUaConfig, on_refused: Callable[[str, str], None]
+) -> tuple[Server, int, Node, Node]:
+    """The server (not yet listening), its namespace index, the line object and the event type. It
+    offers `config.policies` only, with the server's certificate, behind a `ClientGate`."""
     from asyncua import Server, ua
 
-    server = Server()
+    gate = await client_gate(config, on_refused)
+    server = Server(user_manager=gate)
     await server.init()
     server.set_endpoint(config.endpoint or "")
     server.set_server_name("EdgeInspect")
-    server.set_security_policy([ua.SecurityPolicyType.NoSecurity])
+    server.set_security_policy(
+        [
+            ua.SecurityPolicyType.NoSecurity if name == "None" else ua.SecurityPolicyType[name]
+            for name in config.policies
+        ]
+    )
+    # Clients are told apart by their application certificate; no user database stands behind user names.
+    server.set_identity_tokens([ua.AnonymousIdentityToken])
+    server.set_certificate_validator(gate.validate)
+    if config.certificate is not None and config.private_key is not None:
+        certificate, key, uri = server_identity(config.certificate, config.private_key)
+        await server.load_certificate(certificate.public_bytes(serialization.Encoding.DER), format="der")
+        der_key = key.private_bytes(
+            serialization.Encoding.DER, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
+        await server.load_private_key(der_key, format="der")
+        await server.set_application_uri(uri)
     idx = await server.register_namespace(config.namespace_uri)
     fields = [(name, getattr(ua.VariantType, vtype)) for name, vtype in EVENT_FIELDS]
     event_type = await server.create_custom_event_type(
@@ -343,14 +473,20 @@ class OpcUaOutput:
         try:
             store = StateStore(tail.cursors)
             self.states = store.load()
-            self.server, self.idx, self.root, self.event_type = await make_server(self.config)
+            self.server, self.idx, self.root, self.event_type = await make_server(self.config, self._refused)
             for station, state in self.states.items():
                 await (await self._station(station)).write_state(state)
             await self._load_cameras(tail)
             async with self.server:
                 self._ready.set()
                 self._set_connected(True)
-                log_event(log, logging.INFO, "opcua_serving", endpoint=self.config.endpoint)
+                log_event(
+                    log,
+                    logging.INFO,
+                    "opcua_serving",
+                    endpoint=self.config.endpoint,
+                    security=self.config.policies,
+                )
                 while not self._stop.is_set():
                     await self._step(tail, store)
                     await self._camera_health(records)
@@ -448,3 +584,8 @@ class OpcUaOutput:
     def _set_connected(self, serving: bool) -> None:
         if self.metrics is not None:
             self.metrics.set_output_connected(OUTPUT, serving)
+
+    def _refused(self, status: str, client: str) -> None:
+        log_event(log, logging.WARNING, "opcua_client_refused", status=status, client=client)
+        if self.metrics is not None:
+            self.metrics.output_error(OUTPUT, "client_refused")
