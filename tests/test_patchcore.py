@@ -335,3 +335,27 @@ def test_coreset_size_follows_ratio_and_cap() -> None:
     assert coreset_size(1000, 0.1, 16384) == 100
     assert coreset_size(1_000_000, 0.1, 16384) == 16384
     assert coreset_size(3, 0.1, 16384) == 1
+
+
+def test_summary_shows_the_candidates_and_warns_when_none_sees_synthetic_defects() -> None:
+    from edge_inspect.cli.train import selection_lines
+
+    trial = {
+        "setting": "224 px, stride 16+32, 1x1 neighbourhood",
+        "synthetic_miss_rate": 0.9,
+        "ms_per_image": 20,
+    }
+    weak = {
+        "chosen": "224 px, stride 16+32, 1x1 neighbourhood: ...",
+        "n_val_good": 30,
+        "n_synthetic": 30,
+        "candidates": [{**trial, "synthetic_auroc": 0.55}],
+    }
+    lines = selection_lines(weak)
+    assert lines[0].startswith("chosen: 224 px") and "0.550" in lines[3]
+    assert lines[-1].startswith(
+        "warning: even the best setting tells synthetic defects from good parts poorly"
+    )
+    strong = {**weak, "candidates": [{**trial, "synthetic_auroc": 0.95}]}
+    assert not any(line.startswith("warning") for line in selection_lines(strong))
+    assert selection_lines(None) == []

@@ -52,7 +52,7 @@ PARITY_IMAGES = 3
 DEFAULT_CORESET_RATIO = 0.1
 # What `train patchcore` chooses among when an option is left open (see select_patchcore).
 CANDIDATE_INPUT_SIZES = (224,)
-CANDIDATE_LEVELS = ((4, 5),)
+CANDIDATE_LEVELS = ((4, 5), (3, 4))
 CANDIDATE_NEIGHBOURHOODS = (1, 3)
 SCORE_PARITY = 1e-4
 MAP_PARITY = 1e-3
