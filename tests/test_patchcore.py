@@ -210,14 +210,14 @@ def test_trainer_on_a_folder_in_the_common_layout(tmp_path: Path) -> None:
     cv2.imwrite(str(root / "ground_truth/spot/000_mask.png"), np.zeros((SIZE, SIZE), np.uint8))
 
     out = train_patchcore(
-        str(root), tmp_path / "package", input_size=SIZE, coreset_ratio=0.25, progress=False
+        str(root), tmp_path / "package", input_size=SIZE, levels=(4, 5), coreset_ratio=0.25, progress=False
     )
 
     card = load_package(out).card
     training = card.training
     # 15 % of train/good is held out for the threshold; test/ is not read.
     assert (training["n_train"], training["n_val"], training["n_val_defective"]) == (17, 3, 0)
-    # Default levels: stride 16 and 32, so 6x6 patches per 96 px image.
+    # Levels 4 and 5: stride 16 and 32, so 6x6 patches per 96 px image.
     assert training["bank_size"] == coreset_size(17 * 6 * 6, 0.25, 16384)
     calibration = card.metrics["calibration"]
     assert calibration["n_good"] == 3 and calibration["false_rejects"] == 0

@@ -157,7 +157,7 @@ def try_candidates(
 
     from edge_inspect.models.efficientnet_lite0 import CONFIG as LITE0
     from edge_inspect.models.patchcore import build_patchcore
-    from edge_inspect.training.train_patchcore import FEATURE_BATCH, image_scores, preprocessed_batches
+    from edge_inspect.training.patchcore_scoring import FEATURE_BATCH, image_scores, preprocessed_batches
 
     trials: list[Trial] = []
     # Fitted models that may still win; banks of large inputs take hundreds of megabytes each.

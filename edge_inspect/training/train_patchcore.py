@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import sys
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -35,19 +35,14 @@ from edge_inspect.training.datasets import (
     load_images,
 )
 from edge_inspect.training.metrics import compute_metrics, review_metrics
+from edge_inspect.training.patchcore_scoring import image_scores
 from edge_inspect.training.select_patchcore import TIE_AUROC, Candidate, candidate_grid
-from edge_inspect.training.train_classifier import available_cores, run_batches
+from edge_inspect.training.train_classifier import available_cores
 
 if TYPE_CHECKING:
-    import torch
-
     from edge_inspect.models.patchcore import PatchCore, PatchCoreConfig
 
 FAMILY = "patchcore"
-FEATURE_BATCH = 32
-# Scoring holds an (images x patches x bank) matrix: 8 images of 784 patches (stride 8 at 224 px) against
-# a 16k bank is 0.4 GB.
-SCORE_BATCH = 8
 PARITY_IMAGES = 3
 DEFAULT_CORESET_RATIO = 0.1
 # What `train patchcore` chooses among when an option is left open (see select_patchcore).
@@ -62,29 +57,6 @@ def bank_samples(samples: Sequence[Sample]) -> list[Sample]:
     """Images certain to be good: an ELPV cell rated 1/3 defective may show a real crack, and anything in
     the bank is normal by definition."""
     return [s for s in samples if s.probability == 0.0]
-
-
-def preprocessed_batches(
-    images: Sequence[np.ndarray], recipe: PreprocessRecipe, batch_size: int
-) -> Iterator[torch.Tensor]:
-    import torch
-
-    for start in range(0, len(images), batch_size):
-        batch = torch.from_numpy(preprocess_batch(list(images[start : start + batch_size]), recipe))
-        # channels_last roughly halves the depthwise convolutions' time on CPU.
-        yield batch.contiguous(memory_format=torch.channels_last)
-
-
-def image_scores(
-    model: PatchCore, images: Sequence[np.ndarray], recipe: PreprocessRecipe, progress: bool
-) -> np.ndarray:
-    """Image scores from torch, in small chunks to bound the distance matrix's memory."""
-    import torch
-
-    def scores(batch: torch.Tensor) -> torch.Tensor:
-        return torch.cat([model(part)[0] for part in batch.split(SCORE_BATCH)])
-
-    return run_batches(scores, images, recipe, progress, "score val")
 
 
 # --- export -----------------------------------------------------------------------------------------
