@@ -1,4 +1,5 @@
-"""Real peers for the plant-output tests: a mosquitto broker on loopback, results to record, free ports.
+"""Real peers for the plant-output tests: a mosquitto broker on loopback (plain or TLS), results to
+record, free ports.
 
 A peer that is not installed fails the test (`make peers` installs them), it never skips it: a
 skipped broker test would hide exactly the outage behaviour it exists to check.
@@ -17,6 +18,7 @@ import pytest
 
 from edge_inspect.bus.contracts import Defect, InspectionResult, ModelRef, StageTimings
 from edge_inspect.sinks.record_store import RecordStore
+from tests.tls_peers import TlsFiles
 
 
 def free_port() -> int:
@@ -61,25 +63,44 @@ def wait_port(port: int, timeout_s: float) -> None:
 
 class Mosquitto:
     """Debian's mosquitto on a loopback port, with persistence (a restart keeps sessions and retained
-    messages, as a production broker is configured)."""
+    messages, as a production broker is configured). With `tls`, the port is a TLS listener presenting
+    `tls.server_cert`; `require_certificate` makes it accept only clients with a certificate issued by
+    `tls.ca_cert` (mutual TLS). Both may be changed between `stop()` and `start()`."""
 
-    def __init__(self, workdir: Path) -> None:
+    def __init__(self, workdir: Path, tls: TlsFiles | None = None, require_certificate: bool = False) -> None:
         binary = shutil.which("mosquitto") or shutil.which("mosquitto", path="/usr/sbin:/usr/local/sbin")
         if binary is None:
             pytest.fail("mosquitto is not installed: run `make peers` (apt-get install -y mosquitto)")
         self.binary = binary
         self.port = free_port()
+        self.workdir = workdir
         workdir.mkdir(parents=True, exist_ok=True)
         self.conf = workdir / "mosquitto.conf"
-        self.conf.write_text(
-            # `user root`: as root, mosquitto would otherwise switch to the user mosquitto, which cannot
-            # write the test's temporary directory (as another user, the option has no effect).
-            f"listener {self.port} 127.0.0.1\nallow_anonymous true\nuser root\npersistence true\n"
-            f"persistence_location {workdir}/\nlog_dest file {workdir}/mosquitto.log\n"
-        )
+        self.tls, self.require_certificate = tls, require_certificate
         self.proc: subprocess.Popen[bytes] | None = None
 
+    def _config(self) -> str:
+        # `user root`: as root, mosquitto would otherwise switch to the user mosquitto, which cannot write
+        # the test's temporary directory (as another user, the option has no effect).
+        lines = [f"listener {self.port} 127.0.0.1"]
+        if self.tls is not None:
+            lines += [
+                f"cafile {self.tls.ca_cert}",
+                f"certfile {self.tls.server_cert}",
+                f"keyfile {self.tls.server_key}",
+                f"require_certificate {'true' if self.require_certificate else 'false'}",
+            ]
+        lines += [
+            "allow_anonymous true",
+            "user root",
+            "persistence true",
+            f"persistence_location {self.workdir}/",
+            f"log_dest file {self.workdir}/mosquitto.log",
+        ]
+        return "\n".join(lines) + "\n"
+
     def start(self) -> None:
+        self.conf.write_text(self._config())
         self.proc = subprocess.Popen([self.binary, "-c", str(self.conf)], stdin=subprocess.DEVNULL)
         wait_port(self.port, 10.0)
 

@@ -1,11 +1,15 @@
 """The MQTT output against a real mosquitto on loopback: every result arrives (QoS 1, at least once, by
-result id), alarms, retained statuses and last results, the last will, restarts, and a 30 s outage."""
+result id), alarms, retained statuses and last results, the last will, restarts, a 30 s outage, and TLS:
+mutual TLS, and a broker certificate the output's CA does not verify (counted, retried, then fixed)."""
 
 from __future__ import annotations
 
 import json
+import logging
 import os
 import signal
+import socket
+import ssl
 import subprocess
 import sys
 import threading
@@ -23,6 +27,7 @@ from edge_inspect.sinks.mqtt_output import MqttOutput, Topics, topic_level
 from edge_inspect.sinks.result_tail import ResultTail
 from tests.helpers import ROOT, wait_until
 from tests.output_peers import Mosquitto, make_result, record
+from tests.tls_peers import TlsFiles, make_tls_files
 
 LINE = "L1"
 
@@ -31,10 +36,14 @@ class Subscriber:
     """A paho subscriber to everything under the prefix; a persistent session, so that the broker keeps
     QoS 1 messages for it across its own restart (as a real consumer would be set up)."""
 
-    def __init__(self, port: int, client_id: str = "test-sub", clean: bool = False) -> None:
+    def __init__(
+        self, port: int, client_id: str = "test-sub", clean: bool = False, tls: TlsFiles | None = None
+    ) -> None:
         self.messages: list[tuple[str, dict[str, Any], bool]] = []
         self.lock = threading.Lock()
         self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id, clean_session=clean)
+        if tls is not None:
+            self.client.tls_set(str(tls.ca_cert), str(tls.client_cert), str(tls.client_key))
         self.client.on_connect = lambda c, *_: c.subscribe("edgeinspect/#", qos=1)
         self.client.on_message = self._on_message
         self.client.reconnect_delay_set(1, 2)
@@ -311,3 +320,82 @@ def test_shift_reports_and_camera_health_reach_the_broker(tmp_path: Path, broker
         wait_until(lambda: unpublished() == 0, 5, "the report marked published")
     finally:
         output.stop()
+
+
+def test_results_over_mutual_tls(tmp_path: Path) -> None:
+    """A TLS listener that requires a client certificate issued by the plant CA: the output, given the CA,
+    its certificate and key, connects and every result arrives; a client without a certificate does not
+    get in."""
+    tls = make_tls_files(tmp_path / "tls")
+    broker = Mosquitto(tmp_path / "broker", tls=tls, require_certificate=True)
+    broker.start()
+    sub = Subscriber(broker.port, tls=tls)
+    metrics = InspectorMetrics()
+    output = make_output(
+        tmp_path,
+        broker.port,
+        metrics,
+        ca_file=tls.ca_cert,
+        client_cert=tls.client_cert,
+        client_key=tls.client_key,
+    )
+    results = [make_result(i, verdict="NG" if i == 1 else "OK") for i in range(3)]
+    output.start()
+    try:
+        record(tmp_path / "records.sqlite", *results)
+        wait_until(lambda: len(set(sub.result_ids())) == 3, 15, "three results over TLS")
+        assert sub.result_ids() == [r.result_id for r in results]
+        wait_until(
+            lambda: metrics.output_published.labels(output="mqtt")._value.get() == 3, 5, "3 acknowledged"
+        )
+        assert metrics.output_connected.labels(output="mqtt")._value.get() == 1
+
+        # A client that trusts the CA but has no certificate: with TLS 1.3 the broker's refusal arrives as
+        # an alert on the client's first read after the handshake.
+        context = ssl.create_default_context(cafile=str(tls.ca_cert))
+        with (
+            socket.create_connection(("127.0.0.1", broker.port), timeout=5) as raw,
+            context.wrap_socket(raw, server_hostname="localhost") as anonymous,
+            pytest.raises(ssl.SSLError, match="certificate required"),
+        ):
+            anonymous.recv(1)
+    finally:
+        output.stop()
+        sub.close()
+        broker.stop()
+
+
+def test_a_broker_certificate_the_ca_does_not_verify_is_counted_and_retried(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The broker presents a certificate from another CA: no connection, every attempt counted as
+    `tls_failed` and logged once with what to check, results wait in the record store; once the broker
+    presents a certificate from the output's CA, the output connects by itself and they go out."""
+    plant, other = make_tls_files(tmp_path / "plant"), make_tls_files(tmp_path / "other")
+    broker = Mosquitto(tmp_path / "broker", tls=other)
+    broker.start()
+    metrics = InspectorMetrics()
+    output = make_output(tmp_path, broker.port, metrics, ca_file=plant.ca_cert)
+    record(tmp_path / "records.sqlite", *(make_result(i) for i in range(2)))
+    errors = metrics.output_errors.labels(output="mqtt", reason="tls_failed")
+    caplog.set_level(logging.WARNING, logger="edge_inspect.sinks.mqtt_output")
+    output.start()
+    try:
+        wait_until(lambda: errors._value.get() >= 2, 15, "two refused TLS attempts")
+        assert not output.connected()
+        assert metrics.output_published.labels(output="mqtt")._value.get() == 0
+        warnings = [r for r in caplog.records if r.getMessage() == "mqtt_connect_failed"]
+        assert len(warnings) == 1  # the same cause again is not repeated at WARNING
+        assert "mqtt.ca_file" in warnings[0].fields["error"]
+        assert "(self-signed certificate in certificate chain)" in warnings[0].fields["error"]
+
+        broker.stop()
+        broker.tls = plant  # the broker's certificate fixed
+        broker.start()
+        wait_until(output.connected, 15, "the output to reconnect by itself")
+        wait_until(
+            lambda: metrics.output_published.labels(output="mqtt")._value.get() == 2, 5, "both results"
+        )
+    finally:
+        output.stop()
+        broker.stop()

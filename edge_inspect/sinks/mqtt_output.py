@@ -19,12 +19,19 @@ it), and the last result of each station.
 Also from the record store, about once a second: each camera's health (device counters and last-frame
 time, retained, when it changed) and every shift report the inspector made at shift end (retained, QoS 1,
 marked published in the store once the broker acknowledged it: at least once).
+
+TLS when `ca_file` or `client_cert` is set (paho's `tls_set`: the broker's certificate verified against
+`ca_file` and its name against `host`; `client_cert` for mutual TLS). A connection that fails, a
+certificate refused included, is counted (`edgeinspect_output_errors_total{reason="tls_failed"}` or
+`"connect_failed"`), logged with what to check when its cause changes, and retried every 1 to 5 s.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import ssl
+import sys
 import threading
 import time
 from collections import deque
@@ -127,6 +134,27 @@ def health_payload(reading: CameraReading) -> str:
     return json.dumps(fields, separators=(",", ":"))
 
 
+def connect_failure(exc: BaseException | None, config: MqttConfig) -> tuple[str, str]:
+    """The error reason (a metric label) and what to check, for a connection attempt that failed."""
+    where = f"{config.host}:{config.port}"
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        return "tls_failed", (
+            f"mqtt.ca_file does not verify the certificate of the broker at {where} ({exc.verify_message}): "
+            "mqtt.ca_file must be the CA that issued the broker's certificate, which must name mqtt.host"
+        )
+    if isinstance(exc, ssl.SSLError):
+        return "tls_failed", (
+            f"the TLS handshake with {where} failed ({exc.reason}): check that mqtt.port is the broker's TLS "
+            "listener and, if the broker requires client certificates, mqtt.client_cert and mqtt.client_key"
+        )
+    if isinstance(exc, ConnectionRefusedError):
+        return (
+            "connect_failed",
+            f"nothing accepts connections at {where}: check the broker and mqtt.host/port",
+        )
+    return "connect_failed", f"connecting to {where} failed ({exc!r}): check the broker and the network"
+
+
 def status_payload(state: str, **extra: Any) -> str:
     return json.dumps({"state": state, "t_ns": time.time_ns(), **extra}, separators=(",", ":"))
 
@@ -204,6 +232,7 @@ class MqttOutput:
         self._reports_in_flight: dict[str, mqtt.MQTTMessageInfo] = {}
         self._health_sent: dict[str, CameraReading] = {}
         self._next_side_s = 0.0
+        self._last_failure = ""  # the last connection failure logged, so that a retry loop logs it once
         self.client = self._make_client()
         self.statuses = Statuses(self.client, self.topics, config.camera_timeout_s)
         self._thread = threading.Thread(target=self._run, name="edge-inspect-mqtt", daemon=True)
@@ -225,7 +254,7 @@ class MqttOutput:
         if config.username is not None:
             password = config.password_file.read_text().strip() if config.password_file else None
             client.username_pw_set(config.username, password)
-        if config.ca_file or config.client_cert:
+        if config.tls:
             client.tls_set(
                 ca_certs=str(config.ca_file) if config.ca_file else None,
                 certfile=str(config.client_cert) if config.client_cert else None,
@@ -233,18 +262,30 @@ class MqttOutput:
             )
         client.reconnect_delay_set(min_delay=1, max_delay=5)
         client.on_connect = self._on_connect
+        client.on_connect_fail = self._on_connect_fail
         client.on_disconnect = self._on_disconnect
         return client
 
     # -- paho callbacks (paho's network thread) ----------------------------------------------------
     def _on_connect(self, client: mqtt.Client, userdata: Any, flags: Any, reason: Any, props: Any) -> None:
         if reason.is_failure:
+            self._count_error("connect_refused")
             log_event(log, logging.WARNING, "mqtt_connect_refused", reason=str(reason))
             return
+        self._last_failure = ""
         self.statuses.connected()
         self._connected.set()
         self._set_connected(True)
         log_event(log, logging.INFO, "mqtt_connected", host=self.config.host, port=self.config.port)
+
+    def _on_connect_fail(self, client: mqtt.Client, userdata: Any) -> None:
+        # paho calls this from inside its `except OSError` around the attempt, so the exception is the one
+        # being handled; paho does not pass it.
+        reason, hint = connect_failure(sys.exc_info()[1], self.config)
+        self._count_error(reason)
+        level = logging.WARNING if hint != self._last_failure else logging.DEBUG
+        self._last_failure = hint
+        log_event(log, level, "mqtt_connect_failed", reason=reason, error=hint)
 
     def _on_disconnect(self, client: mqtt.Client, userdata: Any, flags: Any, reason: Any, props: Any) -> None:
         self._connected.clear()
