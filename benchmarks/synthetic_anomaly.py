@@ -22,7 +22,7 @@ import cv2
 import numpy as np
 
 from edge_inspect.camera_adapters.synthetic import DEFECT_KINDS, synthesize_part
-from edge_inspect.training.evaluate import evaluate_package
+from edge_inspect.training.evaluate import evaluate_scored
 from edge_inspect.training.train_patchcore import train_patchcore
 
 # Disjoint seeds for the two splits: no test part is a training part.
@@ -78,7 +78,9 @@ def main() -> int:
     )
     train_seconds = time.perf_counter() - started
     scores_csv = work / "test-scores.csv"
-    result = evaluate_package(package, data=str(data), split="test", device="cpu", scores_csv=scores_csv)
+    result = evaluate_scored(
+        package, data=str(data), split="test", device="cpu", scores_csv=scores_csv
+    ).result
     print(
         json.dumps(
             {

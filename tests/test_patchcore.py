@@ -237,7 +237,7 @@ def test_trainer_on_a_folder_in_the_common_layout(tmp_path: Path) -> None:
 
 
 def test_eval_reports_pixel_auroc_from_ground_truth_masks(tmp_path: Path) -> None:
-    from edge_inspect.training.evaluate import evaluate_package
+    from edge_inspect.training.evaluate import evaluate_scored
 
     root = write_brick_folder(tmp_path / "brick", np.random.default_rng(2), test_good=3, test_spot=3)
     (root / "ground_truth/spot").mkdir(parents=True)
@@ -249,9 +249,9 @@ def test_eval_reports_pixel_auroc_from_ground_truth_masks(tmp_path: Path) -> Non
         str(root), tmp_path / "package", input_size=SIZE, levels=(3, 4), coreset_ratio=0.25, progress=False
     )
 
-    result = evaluate_package(
+    result = evaluate_scored(
         package, data=str(root), split="test", device="cpu", progress=False, target_frrs=(0.2,)
-    )
+    ).result
 
     assert (result["n"], result["n_defective"], result["auroc"]) == (6, 3, 1.0)
     assert result["pixel_auroc_images"] == 5

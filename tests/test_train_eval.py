@@ -267,9 +267,9 @@ def test_eval_prints_json_last_and_reads_test_only(round_trip: RoundTrip) -> Non
 def test_eval_reproduces_the_cards_validation_metrics(round_trip: RoundTrip) -> None:
     """Torch at training time and ONNX Runtime at evaluation time see the same images the same way."""
     card = load_package(round_trip.model_dir).card
-    result = evaluate.evaluate_package(
+    result = evaluate.evaluate_scored(
         round_trip.model_dir, split="val", device="cpu", limit=LIMIT, progress=False
-    )
+    ).result
     assert result["confusion"] == card.metrics["confusion"]
     assert result["auroc"] == pytest.approx(card.metrics["auroc"], abs=1e-6)
 
@@ -340,7 +340,9 @@ def test_linear_probe_exports_a_package(probe_dir: Path) -> None:
     assert card.training["recipe"] == "linear-probe"
     assert card.training["C"] in PROBE_C_GRID
     assert len(card.training["C_grid"]) == len(PROBE_C_GRID)
-    result = evaluate.evaluate_package(probe_dir, split="val", device="cpu", limit=LIMIT, progress=False)
+    result = evaluate.evaluate_scored(
+        probe_dir, split="val", device="cpu", limit=LIMIT, progress=False
+    ).result
     assert result["confusion"] == card.metrics["confusion"]
 
 

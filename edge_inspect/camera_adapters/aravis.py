@@ -12,18 +12,19 @@ frame ids count as underruns, and a camera that disappears is reopened with back
 from __future__ import annotations
 
 import socket
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from types import ModuleType
 from typing import Any
 
-from edge_inspect.camera_adapters.base import SourceError, SourceFrame
+from edge_inspect.camera_adapters.base import SourceError
 from edge_inspect.camera_adapters.genicam import (
-    PIXEL_FORMATS,
     DeviceLost,
     GenICamSettings,
     Grab,
     RecoveringStream,
+    check_convertible,
+    check_in_range,
     to_image,
 )
 
@@ -148,12 +149,7 @@ class AravisSession:
                 )
             camera.set_pixel_format_from_string(wanted.pixel_format)
         pixel_format = str(camera.get_pixel_format_as_string())
-        if pixel_format not in PIXEL_FORMATS:
-            readable = sorted(set(available) & set(PIXEL_FORMATS))
-            raise SourceError(
-                f"camera {self.settings.name} streams {pixel_format}, which we do not convert; "
-                f"set pixel_format to one of {readable}"
-            )
+        check_convertible(self.settings.name, pixel_format, available)
         if wanted.roi is not None:
             self._set_region()
         if wanted.frame_rate is not None:
@@ -192,10 +188,7 @@ class AravisSession:
             )
 
     def _check_bounds(self, name: str, value: float, bounds: Any) -> None:
-        if not bounds.min <= value <= bounds.max:
-            raise SourceError(
-                f"{name}={value} is outside camera {self.settings.name}'s range {bounds.min}..{bounds.max}"
-            )
+        check_in_range(self.settings.name, name, value, bounds.min, bounds.max)
 
     def _set_trigger(self) -> None:
         camera, wanted = self._camera, self.settings.camera
@@ -235,11 +228,11 @@ class AravisSession:
         if buffer is None:
             return None
         try:
+            if buffer.get_status() != self._aravis.BufferStatus.SUCCESS:
+                return Grab(None, None, None)
             # GigE Vision never uses block id 0 nor timestamp 0 for a real frame: 0 means unknown.
             frame_id = int(buffer.get_frame_id()) or None
             t_source_ns = int(buffer.get_timestamp()) or None
-            if buffer.get_status() != self._aravis.BufferStatus.SUCCESS:
-                return Grab(None, frame_id, t_source_ns)
             padding_x, _ = buffer.get_image_padding()
             try:
                 image = to_image(
@@ -284,19 +277,10 @@ class AravisSession:
             pass  # the device is gone: nothing to release on its side
 
 
-class AravisSource:
+class AravisSource(RecoveringStream):
     """Frames from an Aravis camera (`AravisSettings`), reopened whenever it is lost; `health` counts the
     device's reconnects, underruns and stale events. Opened at construction; iterate once, or close it."""
 
     def __init__(self, settings: AravisSettings, should_stop: Callable[[], bool] | None = None) -> None:
         self.settings = settings
-        self._stream = RecoveringStream(
-            settings.name, lambda: AravisSession(settings), settings.camera, should_stop
-        )
-        self.health = self._stream.health
-
-    def __iter__(self) -> Iterator[SourceFrame]:
-        return iter(self._stream)
-
-    def close(self) -> None:
-        self._stream.close()
+        super().__init__(settings.name, lambda: AravisSession(settings), settings.camera, should_stop)

@@ -10,8 +10,11 @@ from dataclasses import dataclass
 from edge_inspect.bus.security import ClientKeys
 from edge_inspect.camera_adapters.base import CameraConfig, FrameSource, PartIdFeed
 from edge_inspect.camera_adapters.config import (
+    AravisCamera,
     CameraCommon,
     FolderCamera,
+    GenTLCamera,
+    RtspCamera,
     SyntheticCamera,
     VideoCamera,
 )
@@ -66,6 +69,18 @@ def frame_source(entry: CameraCommon, should_stop: Callable[[], bool]) -> FrameS
         from edge_inspect.camera_adapters.video import VideoSource
 
         return VideoSource(entry.uri, loop=entry.loop)
+    if isinstance(entry, AravisCamera):
+        from edge_inspect.camera_adapters.aravis import AravisSource
+
+        return AravisSource(entry.settings(), should_stop)
+    if isinstance(entry, GenTLCamera):
+        from edge_inspect.camera_adapters.gentl import GenTLSource
+
+        return GenTLSource(entry.settings(), should_stop)
+    if isinstance(entry, RtspCamera):
+        from edge_inspect.camera_adapters.rtsp import RtspSource
+
+        return RtspSource(entry.settings(), should_stop)
     raise ValueError(f"camera {entry.id}: no adapter for source {type(entry).__name__}")
 
 

@@ -15,7 +15,7 @@ import math
 import os
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Protocol
@@ -255,6 +255,25 @@ def frame_message(
         health=health,
     )
     return header, payload
+
+
+# How often a source waiting to reconnect looks at its stop condition.
+STOP_POLL_S = 0.05
+
+
+def wait_or_stop(seconds: float, should_stop: Callable[[], bool], closed: threading.Event) -> bool:
+    """Wait `seconds`, looking at `should_stop` every 50 ms and waking at once when `closed` is set; True
+    when told to stop (either way)."""
+    deadline = time.monotonic() + seconds
+    while (left := deadline - time.monotonic()) > 0:
+        if closed.wait(min(STOP_POLL_S, left)) or should_stop():
+            return True
+    return closed.is_set() or should_stop()
+
+
+def backoff_delay(attempt: int, first_s: float, max_s: float) -> float:
+    """The wait before reconnection attempt `attempt` (0-based): from `first_s`, doubling, up to `max_s`."""
+    return min(max_s, first_s * 2 ** min(attempt, 32))
 
 
 def next_slot(index: int, elapsed_s: float, fps: float) -> int:

@@ -14,9 +14,13 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from edge_inspect.bus.contracts import MAX_ID_CHARS
+from edge_inspect.camera_adapters.aravis import AravisSettings
+from edge_inspect.camera_adapters.genicam import GenICamSettings, Roi
+from edge_inspect.camera_adapters.gentl import GenTLSettings
+from edge_inspect.camera_adapters.rtsp import RtspSettings
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -25,7 +29,8 @@ else:  # pragma: no cover - Python 3.10
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # Errors never repeat the input: a camera URL may carry a password.
+    model_config = ConfigDict(extra="forbid", frozen=True, hide_input_in_errors=True)
 
 
 CameraId = Annotated[str, Field(min_length=1, max_length=MAX_ID_CHARS, pattern=r"^[^\x00-\x1f\x7f]+$")]
@@ -114,7 +119,98 @@ class VideoCamera(CameraCommon):
     loop: bool = False
 
 
-CameraEntry = Annotated[SyntheticCamera | FolderCamera | VideoCamera, Field(discriminator="source")]
+class GenICamFields(_Strict):
+    """The GenICam features a GigE Vision or GenTL camera entry sets (camera_adapters/genicam.py has their
+    meaning and limits); a key left out keeps the camera's own value or the adapter's default."""
+
+    pixel_format: str | None = None
+    exposure_us: float | None = None
+    gain: float | None = None
+    frame_rate: float | None = None
+    roi: Roi | None = None
+    trigger: Literal["free", "software", "line"] | None = None
+    trigger_source: str | None = None
+    buffers: int | None = None
+    frame_timeout_s: float | None = None
+    reconnect_first_s: float | None = None
+    reconnect_max_s: float | None = None
+
+    def genicam(self) -> GenICamSettings:
+        given = {name: getattr(self, name) for name in GenICamFields.model_fields}
+        return GenICamSettings(**{name: value for name, value in given.items() if value is not None})
+
+
+class AravisCamera(CameraCommon, GenICamFields):
+    """A GigE Vision camera through Aravis, opened by `address` (no discovery) or `device_id`."""
+
+    source: Literal["aravis"]
+    address: str | None = None
+    device_id: str | None = None
+    packet_size: int | None = None
+    socket_buffer_bytes: int | None = None
+
+    def settings(self) -> AravisSettings:
+        return AravisSettings(
+            address=self.address,
+            device_id=self.device_id,
+            camera=self.genicam(),
+            packet_size=self.packet_size,
+            socket_buffer_bytes=self.socket_buffer_bytes,
+        )
+
+    @model_validator(mode="after")
+    def _valid(self) -> AravisCamera:
+        self.settings()  # the adapter's own checks, at load time, with this entry's location
+        return self
+
+
+class GenTLCamera(CameraCommon, GenICamFields):
+    """A vendor camera through its GenTL producer (`cti`) and harvesters."""
+
+    source: Literal["gentl"]
+    cti: Path
+    serial_number: str | None = None
+    device_id: str | None = None
+
+    def settings(self) -> GenTLSettings:
+        return GenTLSettings(
+            cti=self.cti, serial_number=self.serial_number, device_id=self.device_id, camera=self.genicam()
+        )
+
+    @model_validator(mode="after")
+    def _valid(self) -> GenTLCamera:
+        self.settings()
+        return self
+
+
+class RtspCamera(CameraCommon):
+    """An RTSP / H.264 IP camera (camera_adapters/rtsp.py has the meaning of each key)."""
+
+    source: Literal["rtsp"]
+    url: str
+    transport: Literal["tcp", "udp"] = "tcp"
+    open_timeout_s: float | None = None
+    read_timeout_s: float | None = None
+    stale_after_s: float | None = None
+    reconnect_first_s: float | None = None
+    reconnect_max_s: float | None = None
+    expected_fps: float | None = None
+
+    def settings(self) -> RtspSettings:
+        names = [name for name in RtspSettings.__dataclass_fields__ if name not in ("url", "transport")]
+        given = {name: getattr(self, name) for name in names if getattr(self, name) is not None}
+        return RtspSettings(url=self.url, transport=self.transport, **given)
+
+    @model_validator(mode="after")
+    def _valid(self) -> RtspCamera:
+        self.settings()
+        return self
+
+
+CameraEntry = Annotated[
+    SyntheticCamera | FolderCamera | VideoCamera | AravisCamera | GenTLCamera | RtspCamera,
+    Field(discriminator="source"),
+]
 DEFAULT_KEYS = frozenset(CameraCommon.model_fields) - {"id", "part_ids"}
 
 

@@ -2,25 +2,32 @@
 the recovering stream loop.
 
 The core is pure: `to_image` turns a GenICam buffer into the frame contract's arrays (mono uint8/uint16, or
-BGR uint8/uint16), `frame_id_gap` reads lost frames from the camera's frame ids, `backoff_delay` spaces
-reconnection attempts. `RecoveringStream` is the thin loop around a device session: it waits for frames with
-a bounded timeout, counts what the device lost (`SourceHealth`), notices a silent or vanished camera, and
-reopens it with capped exponential backoff until it is back, checking its stop condition all along.
+BGR uint8/uint16), `FrameIdTracker` reads lost frames from the camera's frame ids. `RecoveringStream` is the
+thin loop around a device session: it waits for frames with a bounded timeout, counts what the device lost
+(`SourceHealth`), notices a silent or vanished camera, and reopens it with capped exponential backoff until
+it is back, checking its stop condition all along.
 """
 
 from __future__ import annotations
 
 import logging
 import math
+import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import NamedTuple, Protocol
 
 import cv2
 import numpy as np
 
-from edge_inspect.camera_adapters.base import SourceError, SourceFrame, SourceHealth
+from edge_inspect.camera_adapters.base import (
+    SourceError,
+    SourceFrame,
+    SourceHealth,
+    backoff_delay,
+    wait_or_stop,
+)
 from edge_inspect.logs import log_event
 
 logger = logging.getLogger(__name__)
@@ -96,45 +103,73 @@ def to_image(
     return cv2.cvtColor(shaped, layout.to_bgr)
 
 
+def check_convertible(camera: str, pixel_format: str, offered: Iterable[str]) -> None:
+    """Refuse a camera that streams a pixel format `to_image` does not read, naming those it offers that it
+    does."""
+    if pixel_format not in PIXEL_FORMATS:
+        readable = sorted(set(offered) & set(PIXEL_FORMATS))
+        raise SourceError(
+            f"camera {camera} streams {pixel_format}, which we do not convert; set pixel_format to one of "
+            f"{readable}"
+        )
+
+
+def check_in_range(camera: str, setting: str, value: float, low: float, high: float) -> None:
+    if not low <= value <= high:
+        raise SourceError(f"{setting}={value} is outside camera {camera}'s range {low}..{high}")
+
+
 # GigE Vision 1.x block ids are 16 bits and skip 0: after 65535 comes 1.
 GEV_BLOCK_ID_MAX = 0xFFFF
 
 
-def frame_id_gap(previous: int, current: int) -> int:
-    """How many frames the camera produced between two frame ids we received (0 when none were lost).
+def frame_id_step(previous: int, current: int) -> int | None:
+    """How far the camera's frame counter moved forward from `previous` to `current` (1: the next frame);
+    None when `current` is not ahead: a late or repeated frame, or a counter that started again.
 
-    16-bit ids wrap from 65535 to 1; ids that go back otherwise mean the camera restarted its count (a
-    power cycle), which loses nothing we could count by id."""
-    if current > previous:
-        return current - previous - 1
-    if previous <= GEV_BLOCK_ID_MAX and current < previous:
-        steps = GEV_BLOCK_ID_MAX - previous + current
-        if steps <= GEV_BLOCK_ID_MAX // 2:
-            return max(0, steps - 1)
-    return 0
+    16-bit ids wrap from 65535 to 1, so a step over the wrap is forward when it is under half the range."""
+    if previous <= GEV_BLOCK_ID_MAX and current <= GEV_BLOCK_ID_MAX:
+        step = current - previous if current > previous else GEV_BLOCK_ID_MAX - previous + current
+        return step if 0 < step <= GEV_BLOCK_ID_MAX // 2 else None
+    return current - previous if current > previous else None
 
 
 class FrameIdTracker:
-    """Frames lost between received frame ids; frames known lost without an id (an incomplete buffer a
-    producer discarded) are subtracted from the next gap so that no frame is counted twice."""
+    """Frames lost between the frame ids of complete frames.
+
+    An incomplete buffer is counted by itself (`lost_without_id`), never by its id (transport layers leave a
+    stale or zero id in a failed buffer), and subtracted from the next gap so that no frame counts twice.
+    After the device was reopened (`reopened`), ids that went on count what it produced meanwhile; ids that
+    went back mean the camera started counting again (it was power-cycled): the count restarts there, and
+    only the time can tell what was lost."""
 
     def __init__(self) -> None:
         self.last: int | None = None
         self.lost_without_id = 0
+        self.reopened = False
 
-    def missing(self, frame_id: int | None) -> int:
+    def missing(self, frame_id: int | None) -> int | None:
+        """The frames lost before this one by their ids; None when the ids cannot tell: the first frame,
+        a frame without an id, or a count that started again after a reopen."""
         if frame_id is None:
-            return 0
-        gap = 0 if self.last is None else frame_id_gap(self.last, frame_id)
-        gap = max(0, gap - self.lost_without_id)
-        self.lost_without_id = 0
-        self.last = frame_id
+            return None
+        step = None if self.last is None else frame_id_step(self.last, frame_id)
+        if step is None:
+            if self.last is None or self.reopened:
+                self.last, self.lost_without_id, self.reopened = frame_id, 0, False
+                return None
+            return 0  # a late or repeated frame: nothing lost
+        gap = max(0, step - 1 - self.lost_without_id)
+        self.last, self.lost_without_id, self.reopened = frame_id, 0, False
         return gap
 
 
-def backoff_delay(attempt: int, first_s: float, max_s: float) -> float:
-    """The wait before reconnection attempt `attempt` (0-based): from `first_s`, doubling, up to `max_s`."""
-    return min(max_s, first_s * 2 ** min(attempt, 32))
+def frames_in_outage(outage_s: float, frame_rate: float | None) -> int:
+    """The frames a free-running camera at `frame_rate` produced in an outage of `outage_s` between two
+    frames we received (the next one would have come anyway); 0 when the rate is unknown."""
+    if frame_rate is None:
+        return 0
+    return max(0, round(outage_s * frame_rate) - 1)
 
 
 @dataclass(frozen=True)
@@ -206,7 +241,8 @@ class GenICamSettings:
 
 
 class Grab(NamedTuple):
-    """One buffer from the device: `image` None when it arrived incomplete (lost packets)."""
+    """One buffer from the device: `image` None when it arrived incomplete (lost packets); the frame id and
+    timestamp are the camera's, None when it has none."""
 
     image: np.ndarray | None
     frame_id: int | None
@@ -255,6 +291,7 @@ class RecoveringStream:
         self._open_session = open_session
         self._settings = settings
         self._should_stop = should_stop or (lambda: False)
+        self._closed = threading.Event()
         try:
             self._session: DeviceSession | None = open_session()
         except DeviceLost as exc:
@@ -263,11 +300,20 @@ class RecoveringStream:
     def __iter__(self) -> Iterator[SourceFrame]:
         ids = FrameIdTracker()
         stalled = False
+        last_frame_at: float | None = None  # monotonic, when the last complete frame arrived
+        outage_frames = 0  # what the camera would have sent while it was away, by the time
         try:
-            while not self._should_stop():
-                session = self._session if self._session is not None else self._reopen()
+            while not self._stopping():
+                session = self._session
                 if session is None:
-                    return
+                    session = self._reopen()
+                    if session is None:
+                        return
+                    ids.reopened = True
+                    if last_frame_at is not None:
+                        outage_frames = frames_in_outage(
+                            time.monotonic() - last_frame_at, self._free_run_rate()
+                        )
                 try:
                     grab = self._next(session)
                 except DeviceLost as exc:
@@ -290,15 +336,21 @@ class RecoveringStream:
                         )
                     continue
                 stalled = False
-                self.health.underruns += ids.missing(grab.frame_id)
                 if grab.image is None:
                     self.health.underruns += 1
-                    if grab.frame_id is None:
-                        ids.lost_without_id += 1
+                    ids.lost_without_id += 1
                     continue
+                by_id = ids.missing(grab.frame_id)
+                # Ids that went on across an outage count it exactly; otherwise the time does.
+                self.health.underruns += outage_frames if by_id is None else by_id
+                outage_frames, last_frame_at = 0, time.monotonic()
                 yield SourceFrame(grab.image, frame_id=grab.frame_id, t_source_ns=grab.t_source_ns)
         finally:
             self.close()
+
+    def _free_run_rate(self) -> float | None:
+        """The rate at which the camera produces frames by itself; None when triggered or not configured."""
+        return self._settings.frame_rate if self._settings.trigger == "free" else None
 
     def _next(self, session: DeviceSession) -> Grab | None:
         if self._settings.trigger == "software":
@@ -307,14 +359,14 @@ class RecoveringStream:
 
     def _lose(self, error: str) -> None:
         log_event(logger, logging.WARNING, "camera_lost", camera=self.camera, error=error)
-        self.close()
+        self._release()
 
     def _reopen(self) -> DeviceSession | None:
         """A new session once the device is back, or None when told to stop while waiting for it."""
         attempt = 0
-        while not self._should_stop():
+        while not self._stopping():
             delay = backoff_delay(attempt, self._settings.reconnect_first_s, self._settings.reconnect_max_s)
-            if self._sleep(delay):
+            if wait_or_stop(delay, self._should_stop, self._closed):
                 return None
             try:
                 self._session = self._open_session()
@@ -334,16 +386,15 @@ class RecoveringStream:
             return self._session
         return None
 
-    def _sleep(self, seconds: float) -> bool:
-        """Wait `seconds`, looking at the stop condition every 50 ms; True when told to stop."""
-        deadline = time.monotonic() + seconds
-        while (left := deadline - time.monotonic()) > 0:
-            if self._should_stop():
-                return True
-            time.sleep(min(0.05, left))
-        return self._should_stop()
+    def _stopping(self) -> bool:
+        return self._closed.is_set() or self._should_stop()
 
-    def close(self) -> None:
+    def _release(self) -> None:
         session, self._session = self._session, None
         if session is not None:
             session.close()
+
+    def close(self) -> None:
+        """End the iteration and release the device: a reconnection wait ends at once."""
+        self._closed.set()
+        self._release()

@@ -38,8 +38,13 @@ from typing import NamedTuple
 
 import cv2
 
-from edge_inspect.camera_adapters.base import SourceError, SourceFrame, SourceHealth
-from edge_inspect.camera_adapters.genicam import backoff_delay
+from edge_inspect.camera_adapters.base import (
+    SourceError,
+    SourceFrame,
+    SourceHealth,
+    backoff_delay,
+    wait_or_stop,
+)
 from edge_inspect.camera_adapters.video import open_capture, redact_uri
 from edge_inspect.logs import log_event
 
@@ -49,8 +54,6 @@ TRANSPORTS: tuple[str, ...] = ("tcp", "udp")
 URL_SCHEMES: tuple[str, ...] = ("rtsp://", "rtsps://")
 # Above this a "frame rate" is a clock rate: FFmpeg falls back to the 90 kHz RTP clock when it cannot tell.
 MAX_PLAUSIBLE_FPS = 1000.0
-STOP_POLL_S = 0.05
-
 OPEN_HINT = (
     "check the URL and its credentials, that the camera is powered and reachable from this gateway, and that "
     "the transport is allowed on the way (udp needs the RTP ports open through firewalls and NAT; tcp "
@@ -243,7 +246,7 @@ class RtspSource:
         failures = 0
         try:
             while not self._stopping():
-                if failures and self._wait(self._backoff(failures)):
+                if failures and wait_or_stop(self._backoff(failures), self._should_stop, self._closed):
                     return
                 try:
                     capture, opened_at = self._open()
@@ -360,14 +363,6 @@ class RtspSource:
             silent_s=round(silent_s, 3),
             stale_after_s=self.settings.stale_after_s,
         )
-
-    def _wait(self, seconds: float) -> bool:
-        """Wait `seconds`, looking at the stop condition every 50 ms; True when told to stop."""
-        deadline = time.monotonic() + seconds
-        while (left := deadline - time.monotonic()) > 0:
-            if self._closed.wait(min(STOP_POLL_S, left)) or self._should_stop():
-                return True
-        return self._stopping()
 
     def close(self) -> None:
         """End the iteration: a reconnection wait ends at once, a read or an open when it returns."""

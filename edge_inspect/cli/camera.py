@@ -99,7 +99,38 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "uri", metavar="URI", help="video file path, rtsp:// or http:// URL, or a USB camera index such as 0"
     )
 
-    for parser in (synthetic, folder, elpv, video):
+    rtsp = sources.add_parser(
+        "rtsp",
+        parents=[common],
+        help="an RTSP / H.264 IP camera, with reconnect and a stale-stream watchdog",
+        description=(
+            "Frames from an RTSP camera through OpenCV's FFmpeg backend (docs/cameras.md). A stream that "
+            "fails is reopened with a capped back-off; one that delivers nothing for --stale-after-s is "
+            "reported (its last frame is never sent again). Live: paced by the camera, so --fps defaults "
+            "to 0; a lower --fps judges that many of its frames a second."
+        ),
+    )
+    rtsp.add_argument("url", metavar="URL", help="rtsp://[user:password@]host[:port]/path (or rtsps://)")
+    rtsp.add_argument(
+        "--transport",
+        choices=("tcp", "udp"),
+        default="tcp",
+        help="tcp: RTP inside the RTSP connection, no loss; udp: lower latency, lossy (default: tcp)",
+    )
+    for flag, default, text in (
+        ("--open-timeout-s", 10.0, "longest wait to connect and read the stream's description"),
+        ("--read-timeout-s", 5.0, "longest wait for one frame before the stream is reopened"),
+        ("--stale-after-s", 5.0, "report the camera when it delivered nothing new for this long"),
+        ("--reconnect-first-s", 0.5, "first wait before reopening a failed stream; it doubles"),
+        ("--reconnect-max-s", 10.0, "longest wait between reopening attempts"),
+    ):
+        rtsp.add_argument(flag, type=float, default=default, help=f"{text} (default: {default:g})")
+    rtsp.add_argument(
+        "--expected-fps", type=float, default=None, help="the camera's frame rate, if its stream omits it"
+    )
+    rtsp.set_defaults(fps=0.0)
+
+    for parser in (synthetic, folder, elpv, video, rtsp):
         parser.set_defaults(handler=run)
     camera.set_defaults(handler=run_from_config)
 
@@ -141,7 +172,10 @@ def _common_options() -> argparse.ArgumentParser:
     common.add_argument("--camera-id", default="cam-1", help="stable name of this camera (default: cam-1)")
     common.add_argument("--station", default="station-1", help="inspection station name (default: station-1)")
     common.add_argument(
-        "--fps", type=float, default=10.0, help="frames per second; 0 sends as fast as possible (default: 10)"
+        "--fps",
+        type=float,
+        default=10.0,
+        help="frames per second; 0 sends as fast as possible (default: 10; rtsp: 0, the camera paces itself)",
     )
     common.add_argument(
         "--delivery",
@@ -199,10 +233,10 @@ def _common_options() -> argparse.ArgumentParser:
 
 def run(args: argparse.Namespace) -> int:
     """Run the camera until it stops; print its statistics as JSON on the last line of stdout."""
-    return _publish(args, lambda stop: _open_from_args(args), source_name=args.source)
+    return _publish(args, lambda stop: _open_from_args(args, stop), source_name=args.source)
 
 
-def _open_from_args(args: argparse.Namespace) -> OpenedCamera:
+def _open_from_args(args: argparse.Namespace, stop: threading.Event) -> OpenedCamera:
     from pathlib import Path
 
     from edge_inspect.bus.security import ClientKeys
@@ -230,7 +264,7 @@ def _open_from_args(args: argparse.Namespace) -> OpenedCamera:
         drain_s=args.drain_s,
         state_dir=Path(args.state_dir) if args.state_dir else None,
     )
-    return OpenedCamera(config, _build_source(args), None)
+    return OpenedCamera(config, _build_source(args, stop), None)
 
 
 def _open_entry(entry: CameraCommon, stop: threading.Event) -> OpenedCamera:
@@ -243,6 +277,7 @@ def _publish(
     args: argparse.Namespace, opener: Callable[[threading.Event], OpenedCamera], source_name: str
 ) -> int:
     import json
+    import os
     import signal
     import sys
     from dataclasses import asdict
@@ -251,9 +286,11 @@ def _publish(
 
     from edge_inspect.camera_adapters.base import SourceError, run_camera
 
-    # OpenCV writes its own unstructured warnings to stderr; our events say the same as JSON.
+    # OpenCV and its FFmpeg write their own unstructured warnings to stderr ("Connection refused" for every
+    # reconnect attempt); our events say the same as JSON. FFmpeg's level 8 is "fatal only".
     if getattr(args, "verbose", 0) < 2:
         cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_SILENT)
+        os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "8")
     stop = threading.Event()
     # Before opening: a device that takes long to come up can still be stopped.
     previous = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGINT, signal.SIGTERM)}
@@ -282,7 +319,21 @@ def _publish(
     return 0
 
 
-def _build_source(args: argparse.Namespace) -> FrameSource:
+def _build_source(args: argparse.Namespace, stop: threading.Event) -> FrameSource:
+    if args.source == "rtsp":
+        from edge_inspect.camera_adapters.rtsp import RtspSettings, RtspSource
+
+        settings = RtspSettings(
+            url=args.url,
+            transport=args.transport,
+            open_timeout_s=args.open_timeout_s,
+            read_timeout_s=args.read_timeout_s,
+            stale_after_s=args.stale_after_s,
+            reconnect_first_s=args.reconnect_first_s,
+            reconnect_max_s=args.reconnect_max_s,
+            expected_fps=args.expected_fps,
+        )
+        return RtspSource(settings, stop.is_set)
     if args.source == "synthetic":
         from edge_inspect.camera_adapters.synthetic import SyntheticSource
 

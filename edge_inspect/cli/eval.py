@@ -65,10 +65,10 @@ def parse_rates(text: str) -> tuple[float, ...]:
 
 
 def handle_eval(args: argparse.Namespace) -> int:
-    from edge_inspect.training.evaluate import evaluate_package
+    from edge_inspect.training.evaluate import evaluate_scored
 
     try:
-        result = evaluate_package(
+        result = evaluate_scored(
             Path(args.model_dir),
             data=args.data,
             split=args.split,
@@ -78,7 +78,7 @@ def handle_eval(args: argparse.Namespace) -> int:
             scores_csv=Path(args.scores) if args.scores else None,
             report_dir=Path(args.report) if args.report else None,
             target_frrs=args.at_frr,
-        )
+        ).result
     except (ModelPackageError, ValueError, RuntimeError) as exc:
         print(f"edge-inspect eval: {exc}", file=sys.stderr)
         return 2

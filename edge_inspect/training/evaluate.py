@@ -112,23 +112,6 @@ class Evaluation:
     scores: np.ndarray
 
 
-def evaluate_package(
-    model_dir: Path,
-    data: str = "elpv",
-    split: str = "test",
-    device: str = "auto",
-    limit: int | None = None,
-    progress: bool = True,
-    scores_csv: Path | None = None,
-    report_dir: Path | None = None,
-    target_frrs: Sequence[float] = (),
-) -> dict[str, Any]:
-    """Metrics of a package on one split; optionally every image's score as CSV and the picture report."""
-    return evaluate_scored(
-        model_dir, data, split, device, limit, progress, scores_csv, report_dir, target_frrs
-    ).result
-
-
 def evaluate_scored(
     model_dir: Path,
     data: str = "elpv",
@@ -140,8 +123,9 @@ def evaluate_scored(
     report_dir: Path | None = None,
     target_frrs: Sequence[float] = (),
 ) -> Evaluation:
-    """`evaluate_package` with the scores. `target_frrs`: also report the misses at thresholds set for
-    these false-reject rates on the validation split's good images (never on the evaluated split's)."""
+    """Metrics of a package on one split (`.result`) and every image's score; optionally the scores as CSV
+    and the picture report. `target_frrs`: also report the misses at thresholds set for these false-reject
+    rates on the validation split's good images (never on the evaluated split's)."""
     from edge_inspect.inspector.infer import load_model
 
     package = load_package(model_dir)
