@@ -5,6 +5,7 @@ The browser tests (test_console_browser.py) drive the whole of it in Chromium.""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import datetime as dt
 import stat
 import time
@@ -217,6 +218,41 @@ def test_views_over_a_real_record_store(tmp_path: Path) -> None:
     assert view["report"]["totals"]["verdicts"] == {"OK": 1, "NG": 1, "REVIEW": 2}
     assert sum(p["ng"] for p in view["series"]["cam-2"]) == 1
     assert view["model_in_service"]["version"] == "7"
+
+
+def test_a_parts_heat_map_is_served_as_an_overlay_transparent_where_the_part_looks_good(
+    tmp_path: Path,
+) -> None:
+    import cv2
+    import numpy as np
+    from fastapi.testclient import TestClient
+
+    from edge_inspect.console.app import create_app
+
+    image = np.full((60, 80), 90, np.uint8)
+    heat = np.zeros((60, 80), np.uint8)
+    heat[10:20, 30:50] = 255  # well over the threshold (128) in one region
+    workdir = tmp_path / "inspector"
+    with RecordStore(workdir / "records.sqlite", workdir / "images") as store:
+        mapped, plain = result("cam-1", 1, "REVIEW", time.time()), result("cam-1", 2, "NG", time.time())
+        store.add_results(
+            [
+                dataclasses.replace(mapped, image_path=store.archive_image(mapped, image, heat)),
+                dataclasses.replace(plain, image_path=store.archive_image(plain, image)),
+            ],
+            with_outbox=False,
+        )
+    client = TestClient(create_app(ConsoleSettings(workdir=workdir)))
+    response = client.get(f"/images/{mapped.result_id}/heat")
+    assert response.status_code == 200 and response.headers["content-type"] == "image/png"
+    overlay = cv2.imdecode(np.frombuffer(response.content, np.uint8), cv2.IMREAD_UNCHANGED)
+    assert overlay.shape == (60, 80, 4)
+    alpha = overlay[:, :, 3]
+    assert alpha[15, 40] > 150 and alpha[40, 10] == 0
+    assert overlay[15, 40, 2] > overlay[15, 40, 0]  # red where the map is high
+    # A part without a heat map (a classifier's, an OK part) says so; the page then shades its regions.
+    missing = client.get(f"/images/{plain.result_id}/heat")
+    assert missing.status_code == 404 and "no heat map" in missing.json()["detail"]
 
 
 def unacknowledged(path: Path) -> int:

@@ -225,6 +225,8 @@ def test_a_review_part_judged_ng_in_the_browser_is_a_label_that_retraining_reads
         f"[...document.querySelectorAll(\".card[data-result-id='{result.result_id}'] img\")]"
         ".every((img) => img.naturalWidth > 0)"
     )
+    # The map model's anomaly map lies over the second image (a missing one would have been removed).
+    assert card.query_selector(".part-image.heat img.heat-map") is not None
     save_screenshot(page, line.shots, "review")
     card.query_selector("button.ng").click()
     page.wait_for_selector(f".card[data-result-id='{result.result_id}']", state="detached")

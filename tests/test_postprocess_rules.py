@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from edge_inspect.bus.contracts import Defect
-from edge_inspect.inspector.postprocess import defect_regions, postprocess
+from edge_inspect.inspector.postprocess import defect_regions, heat_map, postprocess
 from edge_inspect.inspector.preprocess import PreprocessRecipe
 from edge_inspect.inspector.rules import QualityRules, judge, normalise_scores
 from edge_inspect.models.package import ModelCard, ModelPackageError, Thresholds
@@ -81,6 +81,26 @@ def test_postprocess_examines_maps_only_when_needed() -> None:
     assert (
         plain[0].verdict == "NG" and plain[0].defects[0].cls == "crack" and plain[0].defects[0].bbox is None
     )
+
+
+def test_heat_map_is_the_frame_sized_normalised_map_with_the_threshold_at_128() -> None:
+    amap = np.full((10, 20), 1.0, np.float32)  # score_low: normalised 0
+    amap[2:4, 5:9] = THRESHOLDS.threshold  # normalised 0.5
+    amap[7:10, 0:3] = 6.0  # score_high: normalised 1
+    heat = heat_map(amap, card(), frame_hw=(100, 400))
+    assert heat.shape == (100, 400) and heat.dtype == np.uint8
+    assert heat[30, 140] == 128 and heat[0, 0] == 0 and heat[85, 30] == 255
+    # With a region of interest, the map covers only it; the rest of the frame is 0.
+    framed = heat_map(amap, card(roi=(50, 60, 40, 20)), frame_hw=(100, 400))
+    assert framed[:60].max() == 0 and framed[:, :50].max() == 0 and framed[65, 62] == 128
+
+
+def test_only_examined_parts_carry_their_anomaly_map() -> None:
+    maps = np.random.default_rng(0).random((2, 10, 20)).astype(np.float32)
+    outputs = {"score": np.array([1.2, 9.0], np.float32), "anomaly_map": maps}
+    ok, ng = postprocess(outputs, card("anomaly_map"), QualityRules(), [(10, 20)] * 2)
+    assert ok.anomaly_map is None
+    assert ng.anomaly_map is not None and np.array_equal(ng.anomaly_map, maps[1])
 
 
 def test_non_finite_scores_go_to_a_person_with_the_reason_and_a_real_score() -> None:

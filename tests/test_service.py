@@ -22,7 +22,7 @@ from edge_inspect.inspector.stages.infer import judge
 from edge_inspect.inspector.stages.prepare import PreparedBatch
 from edge_inspect.inspector.stages.receive import SeqTracker
 from edge_inspect.inspector.stages.record import should_archive
-from edge_inspect.sinks.record_store import RecordStore
+from edge_inspect.sinks.record_store import RecordStore, heat_map_path
 from tests.helpers import MesReceiver, loopback_config, wait_until
 from tests.toy_models import make_toy_package
 
@@ -98,6 +98,10 @@ def test_inspector_judges_records_publishes_and_delivers(toy_map_model_dir: Path
     assert ng.defects and ng.defects[0].bbox == (0, 0, 60, 40) and ng.defects[0].area_px == 2400
     assert ng.image_path and Path(ng.image_path).is_file()
     assert cv2.imread(ng.image_path, cv2.IMREAD_UNCHANGED).shape[:2] == (40, 60)
+    # Its anomaly map beside it, as a heat map of the frame's size (the toy map is the brightness: NG parts
+    # are bright all over, so over the threshold everywhere).
+    heat = cv2.imread(str(heat_map_path(Path(ng.image_path))), cv2.IMREAD_UNCHANGED)
+    assert heat.shape == (40, 60) and heat.dtype == np.uint8 and heat.min() >= 128
     assert records[0].verdict == "OK" and records[0].image_path is None
     assert all(r.timings_ms.total >= r.timings_ms.infer >= 0 for r in records.values())
     assert mes.bodies[ng.result_id]["verdict"] == "NG"

@@ -275,6 +275,17 @@ def create_app(settings: ConsoleSettings, on_feed_failure: Any = None) -> FastAP
             path, media_type="image/png", headers={"Cache-Control": "private, max-age=86400, immutable"}
         )
 
+    @app.get("/images/{result_id}/heat")
+    def heat(result_id: str) -> Response:
+        overlay = views.heat_overlay(settings.db_path, settings.image_dir, result_id)
+        if overlay is None:
+            raise HTTPException(
+                404, f"no heat map for {result_id!r} (only examined parts of map models have one)"
+            )
+        return Response(
+            overlay, media_type="image/png", headers={"Cache-Control": "private, max-age=86400, immutable"}
+        )
+
     return app
 
 

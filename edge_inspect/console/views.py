@@ -16,9 +16,13 @@ from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
 
+import cv2
+import numpy as np
+
 from edge_inspect.bus.contracts import InspectionResult
 from edge_inspect.console.line_watch import result_summary
 from edge_inspect.inspector.config import ShiftsConfig
+from edge_inspect.sinks.record_store import heat_map_path
 from edge_inspect.sinks.shift_report import ShiftWindow, build_report, shift_window
 
 # Without a shift calendar the console shows whole days, under this name.
@@ -102,6 +106,23 @@ def image_file(db: Path, image_dir: Path, result_id: str) -> Path | None:
     if not path.is_relative_to(image_dir.resolve()) or not path.is_file():
         return None
     return path
+
+
+def heat_overlay(db: Path, image_dir: Path, result_id: str) -> bytes | None:
+    """The part's archived heat map as a PNG to lay over its image: coloured from blue (half the threshold)
+    through the threshold to red, transparent where the part looks as good parts do; None without one."""
+    image = image_file(db, image_dir, result_id)
+    heat_path = heat_map_path(image) if image is not None else None
+    if heat_path is None or not heat_path.is_file():
+        return None
+    levels = cv2.imread(str(heat_path), cv2.IMREAD_GRAYSCALE)
+    if levels is None:
+        return None
+    colours = cv2.applyColorMap(levels, cv2.COLORMAP_JET)
+    # 128 is the threshold: invisible up to half of it, then more opaque up to 80 %.
+    alpha = np.clip((levels.astype(np.int32) - 64) * 3, 0, 204).astype(np.uint8)
+    ok, encoded = cv2.imencode(".png", np.dstack([colours, alpha]))
+    return encoded.tobytes() if ok else None
 
 
 def shift_names(shifts: ShiftsConfig) -> list[str]:

@@ -8,7 +8,7 @@ image-level defect. Maps are only examined for parts that are not clearly OK.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import cv2
 import numpy as np
@@ -27,6 +27,9 @@ class Judgement:
     verdict: str
     defects: list[Defect]
     rule: str = ""
+    # The part's anomaly map on the model's grid, when the model has one and the part was examined (not
+    # clearly OK): archived beside the image as a heat map for the people who judge it.
+    anomaly_map: np.ndarray | None = field(default=None, compare=False, repr=False)
 
 
 def non_finite(raw_score: float) -> Judgement:
@@ -68,6 +71,19 @@ def defect_regions(
     return sorted(regions, key=lambda d: d.area_px or 0, reverse=True)
 
 
+def heat_map(anomaly_map: np.ndarray, card: ModelCard, frame_hw: tuple[int, int]) -> np.ndarray:
+    """The anomaly map as an 8-bit image the size of the frame, for people: each pixel's normalised score
+    times 255, so 128 is the threshold a defect region starts at; 0 outside the model's region of interest.
+    """
+    roi = card.preprocess.roi or (0, 0, frame_hw[1], frame_hw[0])
+    levels = np.round(normalise_scores(anomaly_map, card.thresholds) * 255).astype(np.uint8)
+    heat = np.zeros(frame_hw, np.uint8)
+    heat[roi[1] : roi[1] + roi[3], roi[0] : roi[0] + roi[2]] = cv2.resize(
+        levels, (roi[2], roi[3]), interpolation=cv2.INTER_LINEAR
+    )
+    return heat
+
+
 def part_scores(score_output: np.ndarray, card: ModelCard) -> tuple[np.ndarray, np.ndarray]:
     """The batch's raw scores (float64, one per part) and their normalised values."""
     raw_scores = np.asarray(score_output, dtype=np.float64).reshape(-1)
@@ -100,6 +116,7 @@ def postprocess(
         if not np.isfinite(raw):
             judgements.append(non_finite(float(raw)))
             continue
+        anomaly_map = None
         if clearly_ok(float(score), card, rules):
             defects: list[Defect] = []
         elif maps is not None:
@@ -108,5 +125,5 @@ def postprocess(
         else:
             defects = [Defect(cls=card.classes[0], score=float(score))]
         verdict, rule = decide(float(score), defects, card.thresholds, rules)
-        judgements.append(Judgement(float(raw), float(score), verdict, defects, rule))
+        judgements.append(Judgement(float(raw), float(score), verdict, defects, rule, anomaly_map))
     return judgements

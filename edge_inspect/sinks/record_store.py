@@ -274,8 +274,11 @@ class RecordStore:
 
     # Images ------------------------------------------------------------------------------------------
 
-    def archive_image(self, result: InspectionResult, image: np.ndarray) -> str:
-        """Write the part's image as lossless PNG, atomically, and return its path.
+    def archive_image(
+        self, result: InspectionResult, image: np.ndarray, heat_map: np.ndarray | None = None
+    ) -> str:
+        """Write the part's image as lossless PNG, atomically, and return its path; with `heat_map` (an
+        8-bit image of the frame's size, postprocess.heat_map), that too, at `heat_map_path(path)`.
 
         Layout: `image_dir/YYYY-MM-DD/<camera_id>/<result_id>.png`, the date being the capture day in
         UTC. Put the returned path into the result (`dataclasses.replace(result, image_path=path)`)
@@ -286,27 +289,13 @@ class RecordStore:
                 "this RecordStore was opened without image_dir; open it with RecordStore(db_path, image_dir) "
                 "to archive images"
             )
-        ok, encoded = cv2.imencode(".png", image)
-        if not ok:
-            raise RecordStoreError(
-                f"OpenCV could not encode the image of {result.result_id} as PNG "
-                f"(shape {image.shape}, dtype {image.dtype}); pass a uint8 or uint16 mono or BGR array"
-            )
         day = datetime.fromtimestamp(result.t_capture_ns / 1e9, tz=timezone.utc).strftime("%Y-%m-%d")
         directory = self.image_dir / day / _path_component(result.camera_id)
         directory.mkdir(parents=True, exist_ok=True)
         target = directory / f"{_path_component(result.result_id)}.png"
-        # Written next to the target and renamed over it: a reader never sees a half-written PNG, and a
-        # crash leaves at worst a stray .tmp file. No fsync: the database itself only promises
-        # crash (not power-loss) durability, and a flush per frame would cost more than the encoding.
-        fd, tmp_name = tempfile.mkstemp(dir=directory, prefix=".", suffix=".png.tmp")
-        try:
-            with os.fdopen(fd, "wb") as fh:
-                fh.write(encoded.tobytes())
-            os.replace(tmp_name, target)
-        except BaseException:
-            Path(tmp_name).unlink(missing_ok=True)
-            raise
+        if heat_map is not None:
+            _write_png(heat_map, heat_map_path(target), result.result_id)
+        _write_png(image, target, result.result_id)
         return str(target)
 
     # Results -----------------------------------------------------------------------------------------
@@ -672,6 +661,31 @@ def _split_statements(script: str) -> list[str]:
 
 # File systems allow 255 bytes a name; ids in other scripts triple in length when percent-encoded.
 MAX_NAME_BYTES = 200
+
+
+def heat_map_path(image_path: Path) -> Path:
+    """Where the heat map of the part archived at `image_path` lies (beside it), if it has one."""
+    return image_path.with_name(f"{image_path.stem}.heat.png")
+
+
+def _write_png(image: np.ndarray, target: Path, result_id: str) -> None:
+    ok, encoded = cv2.imencode(".png", image)
+    if not ok:
+        raise RecordStoreError(
+            f"OpenCV could not encode the image of {result_id} as PNG "
+            f"(shape {image.shape}, dtype {image.dtype}); pass a uint8 or uint16 mono or BGR array"
+        )
+    # Written next to the target and renamed over it: a reader never sees a half-written PNG, and a
+    # crash leaves at worst a stray .tmp file. No fsync: the database itself only promises
+    # crash (not power-loss) durability, and a flush per frame would cost more than the encoding.
+    fd, tmp_name = tempfile.mkstemp(dir=target.parent, prefix=".", suffix=".png.tmp")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(encoded.tobytes())
+        os.replace(tmp_name, target)
+    except BaseException:
+        Path(tmp_name).unlink(missing_ok=True)
+        raise
 
 
 def _path_component(text: str) -> str:

@@ -71,13 +71,25 @@ function toast(message) {
 }
 
 // A part's archived image with its defect regions drawn over it, in the image's own pixel coordinates.
-// `heat` shades each region by its score (the anomaly map itself is not archived).
+// `heat` lays the part's archived heat map over it (the model's anomaly map: blue to red up from half the
+// threshold); for a part without one (a classifier's), each region is shaded by its score instead.
 function partImage(part, heat = false) {
   if (!part || !part.has_image) return el("div", { class: "no-image" }, "no image archived");
+  const id = encodeURIComponent(part.result_id);
   const svgNs = "http://www.w3.org/2000/svg";
   const svg = document.createElementNS(svgNs, "svg");
   svg.setAttribute("preserveAspectRatio", "xMidYMid meet");
-  const img = el("img", { src: `/images/${encodeURIComponent(part.result_id)}`, alt: `part ${part.part_id || ""}` });
+  const img = el("img", { src: `/images/${id}`, alt: `part ${part.part_id || ""}` });
+  const frame = el("div", { class: `part-image${heat ? " heat" : ""}` }, img);
+  if (heat) {
+    const map = el("img", { class: "heat-map", src: `/images/${id}/heat`, alt: "" });
+    map.addEventListener("error", () => {
+      map.remove();
+      frame.classList.add("no-heat-map");
+    });
+    frame.append(map);
+  }
+  frame.append(svg);
   img.addEventListener("load", () => {
     svg.setAttribute("viewBox", `0 0 ${img.naturalWidth} ${img.naturalHeight}`);
     for (const defect of part.defects || []) {
@@ -85,11 +97,11 @@ function partImage(part, heat = false) {
       const [x, y, w, h] = defect.bbox;
       const rect = document.createElementNS(svgNs, "rect");
       Object.entries({ x, y, width: w, height: h, class: "region" }).forEach(([k, v]) => rect.setAttribute(k, v));
-      if (heat) rect.setAttribute("style", `fill: rgba(255, ${Math.round(200 * (1 - defect.score))}, 0, ${0.25 + 0.5 * defect.score})`);
+      rect.style.setProperty("--score-fill", `rgba(255, ${Math.round(200 * (1 - defect.score))}, 0, ${0.25 + 0.5 * defect.score})`);
       svg.append(rect);
     }
   });
-  return el("div", { class: `part-image${heat ? " heat" : ""}` }, img, svg);
+  return frame;
 }
 
 // Images are kept per list and result, so that re-rendering a list (every second for the tiles) does not

@@ -23,7 +23,7 @@ from edge_inspect.bus.contracts import Defect, InspectionResult, StageTimings
 from edge_inspect.inspector.alarms import AlarmEvaluator
 from edge_inspect.inspector.batching import InferenceSlot
 from edge_inspect.inspector.model_source import ActiveModel
-from edge_inspect.inspector.postprocess import Judgement
+from edge_inspect.inspector.postprocess import Judgement, heat_map
 from edge_inspect.inspector.recipe import AlarmRule, LoadedRecipe, RecipeHolder, apply_recipe
 from edge_inspect.inspector.rules import NORMALISED_THRESHOLD, QualityRules
 from edge_inspect.inspector.stages.base import Stage
@@ -146,7 +146,11 @@ def outcomes(prepared: PreparedBatch, judged: Judged, t_done_ns: int, ok_rate: f
             rule=judgement.rule or None,
             recipe=judged.recipe,
         )
-        made.append(Outcome(result, image_to_archive(result, image, ok_rate), active.device))
+        archive = image_to_archive(result, image, ok_rate)
+        heat = None
+        if archive is not None and judgement.anomaly_map is not None:
+            heat = heat_map(judgement.anomaly_map, active.card, archive.shape[:2])
+        made.append(Outcome(result, archive, active.device, heat))
     return made
 
 

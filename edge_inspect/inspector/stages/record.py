@@ -53,6 +53,8 @@ class Outcome:
     result: InspectionResult
     archive_image: np.ndarray | None
     device: str
+    # The part's heat map (postprocess.heat_map), archived beside its image when both exist.
+    archive_heat_map: np.ndarray | None = None
 
 
 def should_archive(result: InspectionResult, ok_rate: float) -> bool:
@@ -81,9 +83,8 @@ def archived(store: RecordStore, outcomes: list[Outcome]) -> tuple[list[Inspecti
         result = outcome.result
         if outcome.archive_image is not None:
             try:
-                result = dataclasses.replace(
-                    result, image_path=store.archive_image(result, outcome.archive_image)
-                )
+                path = store.archive_image(result, outcome.archive_image, outcome.archive_heat_map)
+                result = dataclasses.replace(result, image_path=path)
             except (OSError, RuntimeError) as exc:
                 failures += 1
                 result = unarchived(result, exc)
