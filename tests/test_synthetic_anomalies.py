@@ -8,7 +8,15 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from edge_inspect.training.select_patchcore import Candidate, Trial, candidate_grid, choose, score_trial
+from edge_inspect.training.select_patchcore import (
+    Candidate,
+    Trial,
+    candidate_grid,
+    choose,
+    feature_positions,
+    score_trial,
+    within_cost,
+)
 from edge_inspect.training.synthetic_anomalies import ANOMALY_KINDS, synthesize_anomaly, synthetic_defects
 
 
@@ -79,6 +87,17 @@ def test_candidate_grid_is_every_combination_cheapest_first() -> None:
     assert grid[0] == Candidate(224, (4, 5), 1) and grid[-1] == Candidate(320, (3, 4), 3)
     with pytest.raises(ValueError, match="no candidate settings"):
         candidate_grid([], [(4, 5)], [1])
+
+
+def test_open_settings_are_capped_at_the_cost_of_224_px_at_stride_8_unless_given() -> None:
+    from edge_inspect.training.train_patchcore import candidates_for
+
+    chosen_among = candidates_for(None, None, None, select=True)
+    assert Candidate(320, (4, 5), 1) in chosen_among and Candidate(224, (3, 4), 3) in chosen_among
+    assert all(feature_positions(c) <= 28 * 28 for c in chosen_among)  # 320 px at stride 8 would be 40x40
+    assert within_cost(candidate_grid([320], [(3, 4)], [1]), 28 * 28) == []
+    # Given explicitly, a dear setting is trained all the same.
+    assert candidates_for(320, (3, 4), 1, select=True) == [Candidate(320, (3, 4), 1)]
 
 
 def test_a_trial_scores_separation_and_misses_at_the_false_reject_target() -> None:

@@ -183,7 +183,8 @@ def add_patchcore_arguments(parser: argparse.ArgumentParser) -> None:
         type=int,
         default=None,
         help="square side the image is resized to, px; larger sees smaller defects and costs more per part "
-        f"(default: chosen among {', '.join(map(str, CANDIDATE_INPUT_SIZES))})",
+        f"(default: chosen among {', '.join(map(str, CANDIDATE_INPUT_SIZES))}; a size and level pair left "
+        "open is tried only if it costs no more than 224 px at stride 8, so 320 px goes with levels 4,5)",
     )
     parser.add_argument(
         "--coreset-ratio",
@@ -295,8 +296,9 @@ def patchcore_summary(package: ModelPackage, seconds: float) -> str:
     return "\n".join(selection_lines(card.training.get("selection")) + lines)
 
 
-# On the texture onboarding set, every category whose best synthetic AUROC stayed below this scored
-# under 0.90 image AUROC on its real test defects, and the two above it over 0.90 (benchmarks/RESULTS.md).
+# On the texture onboarding set, every category that scored under 0.90 image AUROC on its real test
+# defects had its best synthetic AUROC below this, and so did one of the three above 0.90: a cautious
+# warning (benchmarks/RESULTS.md).
 WEAK_SYNTHETIC_AUROC = 0.8
 
 

@@ -93,6 +93,17 @@ def candidate_grid(
     return grid
 
 
+def feature_positions(candidate: Candidate) -> int:
+    """Patch positions per image at the candidate's finest level: what its bank, search and map cost
+    grow with."""
+    return (candidate.input_size // 2 ** min(candidate.levels)) ** 2
+
+
+def within_cost(grid: Sequence[Candidate], max_positions: int) -> list[Candidate]:
+    """The candidates that cost no more than `max_positions` patch positions per image."""
+    return [candidate for candidate in grid if feature_positions(candidate) <= max_positions]
+
+
 def choose(trials: Sequence[Trial], tie: float = TIE_AUROC) -> tuple[Trial, str]:
     """The winning trial and why, in words a quality engineer can check against the table."""
     if not trials:
