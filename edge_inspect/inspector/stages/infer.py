@@ -23,7 +23,7 @@ from edge_inspect.bus.contracts import Defect, InspectionResult, StageTimings
 from edge_inspect.inspector.alarms import AlarmEvaluator
 from edge_inspect.inspector.batching import InferenceSlot
 from edge_inspect.inspector.model_source import ActiveModel
-from edge_inspect.inspector.postprocess import Judgement, heat_map
+from edge_inspect.inspector.postprocess import Judgement
 from edge_inspect.inspector.recipe import AlarmRule, LoadedRecipe, RecipeHolder, apply_recipe
 from edge_inspect.inspector.rules import NORMALISED_THRESHOLD, QualityRules
 from edge_inspect.inspector.stages.base import Stage
@@ -147,10 +147,11 @@ def outcomes(prepared: PreparedBatch, judged: Judged, t_done_ns: int, ok_rate: f
             recipe=judged.recipe,
         )
         archive = image_to_archive(result, image, ok_rate)
-        heat = None
+        # The heat map itself is drawn by the record stage, off the inference thread.
+        heat_source = None
         if archive is not None and judgement.anomaly_map is not None:
-            heat = heat_map(judgement.anomaly_map, active.card, archive.shape[:2])
-        made.append(Outcome(result, archive, active.device, heat))
+            heat_source = (judgement.anomaly_map, active.card)
+        made.append(Outcome(result, archive, active.device, heat_source))
     return made
 
 

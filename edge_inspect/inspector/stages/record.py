@@ -25,6 +25,7 @@ import numpy as np
 
 from edge_inspect.bus.contracts import Defect, InspectionResult
 from edge_inspect.inspector.device.frame_path import host_image
+from edge_inspect.inspector.postprocess import heat_map
 from edge_inspect.inspector.rules import NORMALISED_THRESHOLD
 from edge_inspect.inspector.stages.base import Stage
 from edge_inspect.logs import log_event
@@ -35,6 +36,7 @@ if TYPE_CHECKING:
 
     from edge_inspect.bus.security import ServerAuth
     from edge_inspect.inspector.alarms import AlarmEvaluator
+    from edge_inspect.models.package import ModelCard
     from edge_inspect.sinks.metrics import InspectorMetrics
     from edge_inspect.sinks.record_store import RecordStore
 
@@ -53,8 +55,15 @@ class Outcome:
     result: InspectionResult
     archive_image: np.ndarray | None
     device: str
-    # The part's heat map (postprocess.heat_map), archived beside its image when both exist.
-    archive_heat_map: np.ndarray | None = None
+    # An archived part's anomaly map and the card that reads it: its heat map (postprocess.heat_map) is
+    # drawn here, in the record stage, and archived beside its image.
+    heat_source: tuple[np.ndarray, ModelCard] | None = None
+
+    def heat_map(self) -> np.ndarray | None:
+        if self.heat_source is None or self.archive_image is None:
+            return None
+        anomaly_map, card = self.heat_source
+        return heat_map(anomaly_map, card, self.archive_image.shape[:2])
 
 
 def should_archive(result: InspectionResult, ok_rate: float) -> bool:
@@ -83,7 +92,7 @@ def archived(store: RecordStore, outcomes: list[Outcome]) -> tuple[list[Inspecti
         result = outcome.result
         if outcome.archive_image is not None:
             try:
-                path = store.archive_image(result, outcome.archive_image, outcome.archive_heat_map)
+                path = store.archive_image(result, outcome.archive_image, outcome.heat_map())
                 result = dataclasses.replace(result, image_path=path)
             except (OSError, RuntimeError) as exc:
                 failures += 1
