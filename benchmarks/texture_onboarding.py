@@ -1,15 +1,17 @@
-"""New-product onboarding on the texture set: `train patchcore` on good images only, `eval` per category.
+"""New-product onboarding on the texture set: `train patchcore` or `train segmenter` on good images only,
+`eval` per category.
 
     python -m benchmarks.make_texture_set --out var/texture-set
-    python -m benchmarks.texture_onboarding --set var/texture-set [--categories held-out|dev|all|a,b]
-        [--no-select] [--levels 4,5 --neighbourhood 1 --input-size 224] [--threads 1] [--at-frr 0.02]
+    python -m benchmarks.texture_onboarding --set var/texture-set [--family patchcore|segmenter]
+        [--categories held-out|dev|all|a,b] [--no-select] [--levels 4,5 --neighbourhood 1 --input-size 224]
+        [--threads 1] [--at-frr 0.02]
 
 For each category: a model from its 200 good training images (the trainer holds 15 % of them out to
-choose its settings against synthetic defects and to set the threshold), then the test split through the
-inspector's path: image AUROC, pixel AUROC, AUROC per defect type, and the share of defective parts let
-through at the calibrated threshold with its exact interval. The held-out categories are the default:
-they were never used to decide anything about the recipe. Prints one JSON object last: per category and
-the mean and minimum image AUROC.
+set the threshold, and PatchCore to choose its settings against synthetic defects), then the test split
+through the inspector's path: image AUROC, pixel AUROC, AUROC per defect type, and the share of
+defective parts let through at the calibrated threshold with its exact interval. The held-out categories
+are the default: they were never used to decide anything about the recipe. Prints one JSON object last:
+per category, and the mean and minimum image AUROC.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from edge_inspect.models.package import load_package
 from edge_inspect.training.evaluate import evaluate_scored
 from edge_inspect.training.metrics import auroc
 from edge_inspect.training.train_patchcore import train_patchcore
+from edge_inspect.training.train_segmenter import train_segmenter
 
 GROUPS = {
     "held-out": HELD_OUT_CATEGORIES,
@@ -49,9 +52,16 @@ def per_type_auroc(labels: np.ndarray, scores: np.ndarray, types: list[str]) -> 
     }
 
 
-def onboard(root: Path, out: Path, args: argparse.Namespace) -> dict[str, Any]:
-    started = time.perf_counter()
-    package = train_patchcore(
+def train(root: Path, out: Path, args: argparse.Namespace) -> Path:
+    if args.family == "segmenter":
+        from edge_inspect.models.segmenter import SegmenterConfig
+
+        defaults = SegmenterConfig()
+        config = SegmenterConfig(
+            input_size=args.input_size or defaults.input_size, levels=args.levels or defaults.levels
+        )
+        return train_segmenter(str(root), out, config, threads=args.threads, progress=False)
+    return train_patchcore(
         str(root),
         out,
         input_size=args.input_size,
@@ -61,8 +71,15 @@ def onboard(root: Path, out: Path, args: argparse.Namespace) -> dict[str, Any]:
         threads=args.threads,
         progress=False,
     )
+
+
+def onboard(root: Path, out: Path, args: argparse.Namespace) -> dict[str, Any]:
+    started = time.perf_counter()
+    package = train(root, out, args)
     wall = time.perf_counter() - started
-    training = load_package(package).card.training
+    card = load_package(package).card
+    training = card.training
+    selection = training.get("selection", {})
     evaluation = evaluate_scored(
         package, data=str(root), split="test", device="cpu", progress=False, target_frrs=args.at_frr
     )
@@ -74,8 +91,10 @@ def onboard(root: Path, out: Path, args: argparse.Namespace) -> dict[str, Any]:
         "auroc_by_defect_type": per_type_auroc(evaluation.labels, evaluation.scores, types),
         "at_threshold": result["at_threshold"],
         "at_target_frr": result["at_target_frr"],
-        "chosen": training["selection"]["chosen"],
-        "candidates": training["selection"]["candidates"],
+        "family": card.family,
+        "chosen": selection.get("chosen", f"{card.family}: {training.get(card.family)}"),
+        "candidates": selection.get("candidates", []),
+        "synthetic_check": card.metrics.get("synthetic_check"),
         "train_seconds": training["train_seconds"],
         "wall_seconds_with_export": round(wall, 1),
         "eval_images_per_second": result["images_per_second"],
@@ -92,6 +111,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--set", type=Path, default=Path("var/texture-set"), help="the texture set's folder")
     parser.add_argument("--out", type=Path, default=Path("var/texture-onboarding"), help="model packages")
+    parser.add_argument("--family", choices=("patchcore", "segmenter"), default="patchcore")
     parser.add_argument("--categories", default="held-out", help="held-out (default), dev, all, or a,b,...")
     parser.add_argument("--select", action=argparse.BooleanOptionalAction, default=True)
     parser.add_argument("--input-size", type=int, default=None)
@@ -128,6 +148,7 @@ def main(argv: list[str] | None = None) -> int:
                 "categories": results,
                 "mean_image_auroc": float(np.mean(aurocs)),
                 "min_image_auroc": float(np.min(aurocs)),
+                "family": args.family,
                 "select": args.select,
             }
         )

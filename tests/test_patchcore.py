@@ -26,7 +26,6 @@ from edge_inspect.inspector.rules import QualityRules
 from edge_inspect.models.efficientnet_lite0 import CONFIG as LITE0
 from edge_inspect.models.package import ModelCard, load_package
 from edge_inspect.models.patchcore import (
-    MAP_OUTPUT,
     PatchCore,
     PatchCoreConfig,
     build_patchcore,
@@ -34,7 +33,8 @@ from edge_inspect.models.patchcore import (
     greedy_coreset,
 )
 from edge_inspect.training.calibrate import calibrate
-from edge_inspect.training.train_patchcore import export_patchcore_package, train_patchcore
+from edge_inspect.training.export import MAP_OUTPUT, export_map_package
+from edge_inspect.training.train_patchcore import train_patchcore
 
 SIZE = 96
 # The painted defect: a saturated disc, centre (x, y) and radius in frame pixels.
@@ -107,7 +107,7 @@ def package_dir(model: PatchCore, parts: Parts, tmp_path_factory: pytest.TempPat
     )
     directory = tmp_path_factory.mktemp("brick-patchcore")
     parity = preprocess_batch(parts.val[:2] + parts.bad[:1], recipe)
-    return export_patchcore_package(model, directory, card, parity).path
+    return export_map_package(model, directory, card, parity).path
 
 
 def test_painted_spot_scores_higher_and_the_map_peaks_on_it(model: PatchCore, parts: Parts) -> None:
@@ -186,7 +186,7 @@ def test_mirror_views_are_averaged_and_export_like_the_plain_model(parts: Parts,
         classes=("anomaly",),
     )
     parity = preprocess_batch(parts.val[:2] + parts.bad[:1], LITE0.recipe(SIZE))
-    package = export_patchcore_package(patchcore, tmp_path / "flips", card, parity)
+    package = export_map_package(patchcore, tmp_path / "flips", card, parity)
     assert load_package(package.path).card.name == "brick-patchcore-flips"
 
 

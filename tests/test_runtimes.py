@@ -106,9 +106,14 @@ def exported(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFa
     """Small real exports (untrained weights): what `edge-inspect train` writes, through the same exporter."""
     from edge_inspect.models.classifier import DihedralAverage, build_classifier
     from edge_inspect.models.efficientnet_lite0 import CONFIG
-    from edge_inspect.models.patchcore import MAP_OUTPUT, PatchCoreConfig, build_patchcore
-    from edge_inspect.training.export import classifier_card, export_package, probability_thresholds
-    from edge_inspect.training.train_patchcore import export_patchcore_package
+    from edge_inspect.models.patchcore import PatchCoreConfig, build_patchcore
+    from edge_inspect.training.export import (
+        MAP_OUTPUT,
+        classifier_card,
+        export_map_package,
+        export_package,
+        probability_thresholds,
+    )
 
     torch.manual_seed(0)
     recipe = CONFIG.recipe(EXPORT_SIZE)
@@ -127,7 +132,7 @@ def exported(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFa
             map_output=MAP_OUTPUT,
             classes=("anomaly",),
         )
-        return export_patchcore_package(model, directory, card, images[:2])
+        return export_map_package(model, directory, card, images[:2])
     classifier = build_classifier(pretrained=False).eval()
     served = DihedralAverage(classifier) if request.param == "classifier-tta" else classifier
     card = classifier_card("classifier-test", "1", recipe, probability_thresholds(0.5, 0.05), {}, {})

@@ -25,6 +25,12 @@ from edge_inspect.training.train_patchcore import (
     CANDIDATE_NEIGHBOURHOODS,
     DEFAULT_CORESET_RATIO,
 )
+from edge_inspect.training.train_segmenter import (
+    DEFAULT_EPOCHS,
+    DEFAULT_VARIANTS,
+    SEGMENTER_INPUT_SIZE,
+    SEGMENTER_LEVELS,
+)
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -173,11 +179,26 @@ def parse_levels(text: str) -> tuple[int, ...]:
         ) from None
 
 
-def add_patchcore_arguments(parser: argparse.ArgumentParser) -> None:
+def add_good_only_arguments(parser: argparse.ArgumentParser, seed_help: str) -> None:
+    """The options every good-only family shares: data, output, seed, limit, threshold target, threads."""
     parser.add_argument(
         "--data", default="elpv", help="'elpv' or a folder with train/good, test/... (default elpv)"
     )
     parser.add_argument("--out", required=True, help="directory for the model package")
+    parser.add_argument("--seed", type=int, default=0, help=f"{seed_help} (0)")
+    parser.add_argument("--limit", type=int, default=None, help="at most N good training images (quick runs)")
+    parser.add_argument(
+        "--target-frr",
+        type=float,
+        default=DEFAULT_TARGET_FRR,
+        help=f"false-reject rate on good validation parts the threshold aims at ({DEFAULT_TARGET_FRR})",
+    )
+    parser.add_argument("--threads", type=int, default=0, help="torch threads (default: all cores)")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+
+def add_patchcore_arguments(parser: argparse.ArgumentParser) -> None:
+    add_good_only_arguments(parser, "split, projection and coreset seed")
     parser.add_argument(
         "--input-size",
         type=int,
@@ -191,14 +212,6 @@ def add_patchcore_arguments(parser: argparse.ArgumentParser) -> None:
         type=float,
         default=DEFAULT_CORESET_RATIO,
         help=f"share of training patches kept in the memory bank, capped ({DEFAULT_CORESET_RATIO})",
-    )
-    parser.add_argument("--seed", type=int, default=0, help="split, projection and coreset seed (0)")
-    parser.add_argument("--limit", type=int, default=None, help="at most N good training images (quick runs)")
-    parser.add_argument(
-        "--target-frr",
-        type=float,
-        default=DEFAULT_TARGET_FRR,
-        help=f"false-reject rate on good validation parts the threshold aims at ({DEFAULT_TARGET_FRR})",
     )
     parser.add_argument(
         "--levels",
@@ -231,8 +244,6 @@ def add_patchcore_arguments(parser: argparse.ArgumentParser) -> None:
         f"the plain defaults ({LITE0.input_size} px, levels 4,5, no neighbourhood averaging), which trains "
         "faster",
     )
-    parser.add_argument("--threads", type=int, default=0, help="torch threads (default: all cores)")
-    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 
 def train_patchcore_command(args: argparse.Namespace) -> int:
@@ -267,15 +278,28 @@ def train_patchcore_command(args: argparse.Namespace) -> int:
 
 def patchcore_summary(package: ModelPackage, seconds: float) -> str:
     card = package.card
-    t = card.thresholds
-    calibration = card.metrics["calibration"]
-    auroc = card.metrics.get("auroc")
     settings = len(card.training.get("selection", {}).get("candidates", []))
     tried = f"{settings} settings" if settings > 1 else "1 setting"
     lines = [
-        f"model package {package.path} ({card.name} {card.version}, sha256 {card.onnx_sha256[:12]}…)",
+        package_line(package),
         f"bank: {card.training['bank_size']} patches of {card.training['n_patches']} from "
         f"{card.training['n_train']} good images; {tried} fitted in {card.training['fit_seconds']:.0f} s",
+        *calibration_lines(card, seconds),
+    ]
+    return "\n".join(selection_lines(card.training.get("selection")) + lines)
+
+
+def package_line(package: ModelPackage) -> str:
+    card = package.card
+    return f"model package {package.path} ({card.name} {card.version}, sha256 {card.onnx_sha256[:12]}…)"
+
+
+def calibration_lines(card: Any, seconds: float) -> list[str]:
+    """Threshold, how sure the false-reject rate is, validation AUROC and time: every good-only family."""
+    t = card.thresholds
+    calibration = card.metrics["calibration"]
+    auroc = card.metrics.get("auroc")
+    return [
         f"threshold {t.threshold:.4g} (normalised scale {t.score_low:.4g} … {t.score_high:.4g}, "
         f"review band ±{t.review_band:.3f})",
         calibration["statement"]
@@ -293,7 +317,6 @@ def patchcore_summary(package: ModelPackage, seconds: float) -> str:
         ),
         f"time: {card.training['train_seconds']:.0f} s training, {seconds:.0f} s in all",
     ]
-    return "\n".join(selection_lines(card.training.get("selection")) + lines)
 
 
 # On the texture onboarding set, every category that scored under 0.90 image AUROC on its real test
@@ -326,3 +349,101 @@ def selection_lines(selection: dict[str, Any] | None) -> list[str]:
                 "on real defects (edge-inspect eval) before relying on this model"
             )
     return lines
+
+
+# --- segmenter --------------------------------------------------------------------------------------
+
+
+def register_segmenter(families: argparse._SubParsersAction) -> None:
+    """Add `segmenter` to the sub-parsers of `edge-inspect train` (the registry's `train_cli`)."""
+    parser = families.add_parser(
+        "segmenter",
+        help="good-only defect segmenter trained on synthetic defects (EfficientNet-Lite0 features)",
+        description="Learn to find defects from good images only: copies of every good training image get "
+        "synthetic scratches, spots, cracks, stains, missing material or foreign particles, and a small "
+        "head on the frozen ImageNet backbone learns to mark them. Where PatchCore flags anything unlike "
+        "the good parts it has seen, which on busy surfaces (stone, grain, weave) includes their normal "
+        "variation, the segmenter learns what a defect changes; it finds real defects as far as they "
+        "resemble the synthetic ones. The reject threshold is set so that a chosen share of good parts "
+        "is rejected (--target-frr); check the miss rate on real defects with edge-inspect eval.",
+    )
+    add_segmenter_arguments(parser)
+    parser.set_defaults(handler=train_segmenter_command)
+
+
+def add_segmenter_arguments(parser: argparse.ArgumentParser) -> None:
+    add_good_only_arguments(parser, "split, synthetic-defect and training seed")
+    parser.add_argument(
+        "--input-size",
+        type=int,
+        default=SEGMENTER_INPUT_SIZE,
+        help="square side the image is resized to, px; larger sees smaller defects and costs more per part "
+        f"(default {SEGMENTER_INPUT_SIZE})",
+    )
+    parser.add_argument(
+        "--levels",
+        type=parse_levels,
+        default=SEGMENTER_LEVELS,
+        help="backbone feature levels, comma-separated, level k = stride 2**k: 3 sees 8 px details, 5 sees "
+        f"32 px regions (default {','.join(map(str, SEGMENTER_LEVELS))})",
+    )
+    parser.add_argument(
+        "--variants",
+        type=int,
+        default=DEFAULT_VARIANTS,
+        help=f"synthetic-defect copies of each good training image ({DEFAULT_VARIANTS})",
+    )
+    parser.add_argument(
+        "--epochs",
+        type=int,
+        default=DEFAULT_EPOCHS,
+        help=f"passes over the training images ({DEFAULT_EPOCHS})",
+    )
+
+
+def train_segmenter_command(args: argparse.Namespace) -> int:
+    """Handler of `edge-inspect train segmenter`."""
+    from edge_inspect.models.segmenter import SegmenterConfig
+    from edge_inspect.training.export import ExportError
+    from edge_inspect.training.train_segmenter import train_segmenter
+
+    started = time.perf_counter()
+    try:
+        config = SegmenterConfig(input_size=args.input_size, levels=args.levels, seed=args.seed)
+        path = train_segmenter(
+            args.data,
+            Path(args.out),
+            config,
+            epochs=args.epochs,
+            variants=args.variants,
+            limit=args.limit,
+            progress=not args.no_progress,
+            target_frr=args.target_frr,
+            threads=args.threads,
+        )
+        package = load_package(path)
+    except (TrainingDataError, ModelPackageError, ExportError, ValueError) as exc:
+        print(f"edge-inspect train segmenter: {exc}", file=sys.stderr)
+        return 2
+    print(segmenter_summary(package, time.perf_counter() - started))
+    return 0
+
+
+def segmenter_summary(package: ModelPackage, seconds: float) -> str:
+    card = package.card
+    training = card.training
+    check = card.metrics["synthetic_check"]
+    auroc = check["synthetic_auroc"]
+    return "\n".join(
+        [
+            package_line(package),
+            f"head: {training['n_train']} good images and {training['n_pool'] - training['n_train']} "
+            f"synthetic-defect copies, {training['epochs']} epochs in {training['fit_seconds']:.0f} s "
+            f"(last loss {training['epoch_losses'][-1]:.3f})",
+            f"synthetic check on {check['n_val_good']} held-out good images: AUROC "
+            f"{'n/a' if auroc is None else f'{auroc:.3f}'}, {check['synthetic_miss_rate']:.0%} missed at the "
+            "false-reject target (same defect generator as training: this shows the head learned; "
+            "edge-inspect eval on real defects shows what it misses)",
+            *calibration_lines(card, seconds),
+        ]
+    )

@@ -87,3 +87,12 @@ register_family(
         train_cli="edge_inspect.cli.train:register_patchcore",
     )
 )
+register_family(
+    ModelFamily(
+        name="segmenter",
+        summary="good-only defect segmenter: a head on EfficientNet-Lite0 features trained on synthetic "
+        "defects drawn on good images, score = defect logit",
+        builder="edge_inspect.models.segmenter:build_segmenter",
+        train_cli="edge_inspect.cli.train:register_segmenter",
+    )
+)

@@ -21,12 +21,17 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from edge_inspect.models.efficientnet_lite0 import CONFIG, FEATURE_LEVELS, build_backbone, extract_features
-
-MAP_OUTPUT = "anomaly_map"
+from edge_inspect.models.efficientnet_lite0 import CONFIG, FEATURE_LEVELS, build_backbone
+from edge_inspect.models.patch_features import (
+    GaussianSmoothing,
+    anomaly_map,
+    check_geometry,
+    frozen_trunk,
+    stacked_channels,
+    stacked_features,
+)
 
 
 @dataclass(frozen=True)
@@ -61,11 +66,7 @@ class PatchCoreConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        unknown = sorted(set(self.levels) - FEATURE_LEVELS.keys())
-        if not self.levels or unknown:
-            raise ValueError(
-                f"feature levels {list(self.levels)} must be a non-empty subset of {sorted(FEATURE_LEVELS)}"
-            )
+        check_geometry(self.input_size, self.levels, self.smoothing_sigma)
         if not 0.0 < self.coreset_ratio <= 1.0:
             raise ValueError(f"coreset ratio {self.coreset_ratio} must lie in (0, 1]")
         if self.max_bank_size < 1 or self.coreset_projection_dim < 1:
@@ -74,23 +75,10 @@ class PatchCoreConfig:
             raise ValueError(f"projection_dim {self.projection_dim} must be positive, or None for none")
         if self.neighbourhood < 1 or self.neighbourhood % 2 == 0:
             raise ValueError(f"neighbourhood {self.neighbourhood} must be an odd patch count, 1 or more")
-        if self.smoothing_sigma <= 0:
-            raise ValueError(f"smoothing sigma {self.smoothing_sigma} px must be positive")
-        stride = FEATURE_LEVELS[max(self.levels)].stride
-        if self.input_size < max(2 * stride, 2 * self.smoothing_radius + 1):
-            raise ValueError(
-                f"input size {self.input_size} px is too small for stride-{stride} features and a "
-                f"{2 * self.smoothing_radius + 1} px smoothing kernel; use a larger input or a smaller sigma"
-            )
-
-    @property
-    def smoothing_radius(self) -> int:
-        # Gaussian weight beyond 3 sigma is below 0.3 %: a wider kernel only costs time.
-        return math.ceil(3.0 * self.smoothing_sigma)
 
     @property
     def backbone_dim(self) -> int:
-        return sum(FEATURE_LEVELS[level].channels for level in self.levels)
+        return stacked_channels(self.levels)
 
     @property
     def feature_dim(self) -> int:
@@ -110,13 +98,6 @@ class PatchCoreConfig:
             "flips": self.flips,
             "seed": self.seed,
         }
-
-
-def gaussian_kernel(sigma: float, radius: int) -> torch.Tensor:
-    """Normalised 1-D Gaussian weights, length 2 * radius + 1."""
-    offsets = torch.arange(-radius, radius + 1, dtype=torch.float64)
-    weights = torch.exp(-0.5 * (offsets / sigma) ** 2)
-    return (weights / weights.sum()).float()
 
 
 def random_projection(in_dim: int, out_dim: int, seed: int) -> torch.Tensor:
@@ -182,24 +163,14 @@ class PatchCore(nn.Module):
     def __init__(self, backbone: nn.Module, config: PatchCoreConfig) -> None:
         super().__init__()
         self.config = config
-        last_block = max(FEATURE_LEVELS[level].block for level in config.levels)
-        # Blocks past the deepest level and the ImageNet head never run: dropping them keeps the module
-        # and its state small.
-        backbone.blocks = backbone.blocks[: last_block + 1]
-        for name in ("conv_head", "bn2", "global_pool", "classifier"):
-            setattr(backbone, name, nn.Identity())
-        backbone.requires_grad_(False)
-        self.backbone = backbone.eval()
+        self.backbone = frozen_trunk(backbone, config.levels)
         self.register_buffer(
             "projection",
             random_projection(config.backbone_dim, config.projection_dim, config.seed)
             if config.projection_dim
             else None,
         )
-        radius = config.smoothing_radius
-        kernel = gaussian_kernel(config.smoothing_sigma, radius)
-        self.register_buffer("kernel_rows", kernel.view(1, 1, -1, 1))
-        self.register_buffer("kernel_cols", kernel.view(1, 1, 1, -1))
+        self.smoothing = GaussianSmoothing(config.smoothing_sigma)
         dim = config.feature_dim
         self.register_buffer("centre", torch.zeros(dim))
         self.register_buffer("bank", torch.zeros(0, dim))
@@ -217,20 +188,7 @@ class PatchCore(nn.Module):
 
     def patch_features(self, images: torch.Tensor) -> torch.Tensor:
         """Locally aggregated descriptors (N, D, h, w) on the grid of the finest level."""
-        features = extract_features(self.backbone, images, self.config.levels)
-        grid = features[min(self.config.levels)].shape[-2:]
-        parts = []
-        size = self.config.neighbourhood
-        for level in self.config.levels:
-            pooled = features[level]
-            if size > 1:
-                # count_include_pad=False: border patches are averaged over real neighbours, not zeros, so
-                # the image edge does not look anomalous.
-                pooled = F.avg_pool2d(pooled, size, stride=1, padding=size // 2, count_include_pad=False)
-            if pooled.shape[-2:] != grid:
-                pooled = F.interpolate(pooled, size=grid, mode="bilinear", align_corners=False)
-            parts.append(pooled)
-        descriptors = torch.cat(parts, dim=1)
+        descriptors = stacked_features(self.backbone, images, self.config.levels, self.config.neighbourhood)
         if self.projection is not None:
             descriptors = torch.einsum("nchw,cd->ndhw", descriptors, self.projection)
         return descriptors
@@ -256,12 +214,6 @@ class PatchCore(nn.Module):
         nearest = (queries - neighbours).square().sum(dim=1).sqrt()
         return nearest.reshape(n, h, w)
 
-    def smooth(self, maps: torch.Tensor) -> torch.Tensor:
-        """Separable Gaussian blur of (N, 1, H, W) maps, mirrored at the borders."""
-        radius = self.config.smoothing_radius
-        padded = F.pad(maps, (radius, radius, radius, radius), mode="reflect")
-        return F.conv2d(F.conv2d(padded, self.kernel_rows), self.kernel_cols)
-
     def views(self, images: torch.Tensor) -> torch.Tensor:
         """The batch itself, or with `flips` its four mirror views stacked along the batch axis."""
         if not self.config.flips:
@@ -270,9 +222,7 @@ class PatchCore(nn.Module):
 
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         views = self.views(images)
-        patches = self.patch_scores(views).unsqueeze(1)
-        upsampled = F.interpolate(patches, size=images.shape[-2:], mode="bilinear", align_corners=False)
-        maps = self.smooth(upsampled).squeeze(1)
+        maps = anomaly_map(self.patch_scores(views), images.shape[-2:], self.smoothing)
         if self.config.flips:
             n = images.shape[0]
             # Each view's map is flipped back onto the part before the views are averaged.

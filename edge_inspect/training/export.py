@@ -1,6 +1,7 @@
 """From a trained torch module to a verified model package (model.onnx + model.json).
 
-The graph takes `image` (N, C, H, W) float32 with a dynamic batch axis and returns `score` (N,). Every
+The graph takes `image` (N, C, H, W) float32 with a dynamic batch axis and returns `score` (N,), and for
+the good-only families also `anomaly_map` (N, H, W). Every
 export is checked three ways before the package is written: the ONNX checker, the input/output
 contract the inspector relies on, and ONNX Runtime against torch on real inputs.
 """
@@ -26,6 +27,12 @@ log = logging.getLogger(__name__)
 
 INPUT_NAME = "image"
 SCORE_NAME = "score"
+# Good-only families also return where the part looks unusual: (N, H, W) at input resolution, in the
+# score's own unit, so the inspector's pixel threshold is the image threshold.
+MAP_OUTPUT = "anomaly_map"
+# Relative to the largest torch score: map models sum many terms whose float order differs by runtime.
+MAP_SCORE_PARITY = 1e-4
+MAP_PARITY = 1e-3
 # The example batch has 2 images: an example of 1 lets the exporter specialise the batch axis to 1.
 EXAMPLE_BATCH = 2
 PARITY_TOLERANCE = 1e-4
@@ -130,6 +137,31 @@ def classifier_card(
     )
 
 
+def map_model_card(
+    data: str,
+    family: str,
+    recipe: PreprocessRecipe,
+    thresholds: Thresholds,
+    metrics: dict[str, Any],
+    training: dict[str, Any],
+) -> ModelCard:
+    """The card of a good-only model (score and anomaly map, one class 'anomaly') trained on `data`."""
+    now = datetime.now(timezone.utc)
+    data_name = "elpv" if data == "elpv" else Path(data).name
+    return ModelCard(
+        name=f"{data_name}-{family}",
+        version=now.strftime("%Y%m%d.%H%M%S"),
+        family=family,
+        preprocess=recipe,
+        thresholds=thresholds,
+        map_output=MAP_OUTPUT,
+        classes=("anomaly",),
+        metrics=metrics,
+        training=training,
+        created_at=now.isoformat(timespec="seconds"),
+    )
+
+
 def export_checked(
     model: nn.Module,
     directory: Path,
@@ -170,3 +202,64 @@ def export_package(
         return {"parity_error": error}
 
     return export_checked(model, directory, card, same_scores_as_torch)
+
+
+def check_map_output(path: Path, input_shape: tuple[int, int, int]) -> None:
+    """The anomaly map must be (batch, H, W) at input resolution: postprocess maps it to frame pixels."""
+    import onnx
+
+    graph = onnx.load(str(path)).graph
+    outputs = {o.name: o for o in graph.output}
+    if MAP_OUTPUT not in outputs:
+        raise ExportError(f"{path}: no output {MAP_OUTPUT!r} (outputs: {list(outputs)}); re-export the model")
+    batch = graph.input[0].type.tensor_type.shape.dim[0].dim_param
+    dims = outputs[MAP_OUTPUT].type.tensor_type.shape.dim
+    shape = [d.dim_param or d.dim_value for d in dims]
+    if shape != [batch, *input_shape[1:]]:
+        raise ExportError(
+            f"{path}: output {MAP_OUTPUT!r} has shape {shape}; expected [{batch}, {input_shape[1]}, "
+            f"{input_shape[2]}] (the input resolution, same batch axis)"
+        )
+
+
+def map_parity_errors(model: nn.Module, path: Path, images: np.ndarray) -> tuple[float, float]:
+    """Largest torch vs ONNX Runtime differences (score, map), each relative to the torch scores' peak.
+
+    `images` is run as one batch and its first image alone, so a graph that fixed the batch size fails.
+    """
+    import onnxruntime as ort
+    import torch
+
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    session = ort.InferenceSession(str(path), sess_options=options, providers=["CPUExecutionProvider"])
+    score_error, map_error = 0.0, 0.0
+    for batch in (images, images[:1]):
+        onnx_scores, onnx_maps = session.run([SCORE_NAME, MAP_OUTPUT], {INPUT_NAME: batch})
+        with torch.inference_mode():
+            torch_scores, torch_maps = (t.numpy() for t in model.eval()(torch.from_numpy(batch)))
+        scale = max(float(np.max(np.abs(torch_scores))), 1e-12)
+        score_error = max(score_error, float(np.max(np.abs(onnx_scores - torch_scores))) / scale)
+        map_error = max(map_error, float(np.max(np.abs(onnx_maps - torch_maps))) / scale)
+    return score_error, map_error
+
+
+def export_map_package(
+    model: nn.Module, directory: Path, card: ModelCard, parity_images: np.ndarray
+) -> ModelPackage:
+    """Export, check (ONNX checker, input/output contract, parity with torch) and package a model whose
+    forward returns (score, anomaly_map)."""
+
+    def map_and_scores_as_torch(path: Path, input_shape: tuple[int, int, int]) -> dict[str, float]:
+        check_map_output(path, input_shape)
+        images = np.ascontiguousarray(parity_images, dtype=np.float32)
+        score_error, map_error = map_parity_errors(model, path, images)
+        if score_error > MAP_SCORE_PARITY or map_error > MAP_PARITY:
+            raise ExportError(
+                f"ONNX Runtime and torch disagree (relative score error {score_error:.1e}, map error "
+                f"{map_error:.1e}; allowed {MAP_SCORE_PARITY:.0e} and {MAP_PARITY:.0e}); the exported graph "
+                "is not the trained model; do not ship it"
+            )
+        return {"score_parity_error": score_error, "map_parity_error": map_error}
+
+    return export_checked(model, directory, card, map_and_scores_as_torch, (SCORE_NAME, MAP_OUTPUT))

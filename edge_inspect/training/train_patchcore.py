@@ -16,15 +16,13 @@ from __future__ import annotations
 import sys
 import time
 from collections.abc import Sequence
-from datetime import datetime, timezone
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 
-from edge_inspect.inspector.preprocess import PreprocessRecipe, preprocess_batch
+from edge_inspect.inspector.preprocess import preprocess_batch
 from edge_inspect.models.efficientnet_lite0 import CONFIG as LITE0
-from edge_inspect.models.package import ModelCard, ModelPackage, Thresholds
 from edge_inspect.training.calibrate import DEFAULT_TARGET_FRR, calibrate
 from edge_inspect.training.datasets import (
     Sample,
@@ -40,7 +38,7 @@ from edge_inspect.training.select_patchcore import TIE_AUROC, Candidate, candida
 from edge_inspect.training.train_classifier import available_cores
 
 if TYPE_CHECKING:
-    from edge_inspect.models.patchcore import PatchCore, PatchCoreConfig
+    from edge_inspect.models.patchcore import PatchCoreConfig
 
 FAMILY = "patchcore"
 PARITY_IMAGES = 3
@@ -54,85 +52,12 @@ CANDIDATE_INPUT_SIZES = (224, 320)
 CANDIDATE_LEVELS = ((4, 5), (3, 4))
 CANDIDATE_NEIGHBOURHOODS = (1, 3)
 CANDIDATE_MAX_POSITIONS = (224 // 8) ** 2
-SCORE_PARITY = 1e-4
-MAP_PARITY = 1e-3
 
 
 def bank_samples(samples: Sequence[Sample]) -> list[Sample]:
     """Images certain to be good: an ELPV cell rated 1/3 defective may show a real crack, and anything in
     the bank is normal by definition."""
     return [s for s in samples if s.probability == 0.0]
-
-
-# --- export -----------------------------------------------------------------------------------------
-
-
-def check_map_output(path: Path, input_shape: tuple[int, int, int]) -> None:
-    """The anomaly map must be (batch, H, W) at input resolution: postprocess maps it to frame pixels."""
-    import onnx
-
-    from edge_inspect.models.patchcore import MAP_OUTPUT
-    from edge_inspect.training.export import ExportError
-
-    graph = onnx.load(str(path)).graph
-    outputs = {o.name: o for o in graph.output}
-    if MAP_OUTPUT not in outputs:
-        raise ExportError(f"{path}: no output {MAP_OUTPUT!r} (outputs: {list(outputs)}); re-export the model")
-    batch = graph.input[0].type.tensor_type.shape.dim[0].dim_param
-    dims = outputs[MAP_OUTPUT].type.tensor_type.shape.dim
-    shape = [d.dim_param or d.dim_value for d in dims]
-    if shape != [batch, *input_shape[1:]]:
-        raise ExportError(
-            f"{path}: output {MAP_OUTPUT!r} has shape {shape}; expected [{batch}, {input_shape[1]}, "
-            f"{input_shape[2]}] (the input resolution, same batch axis)"
-        )
-
-
-def parity_errors(model: PatchCore, path: Path, images: np.ndarray) -> tuple[float, float]:
-    """Largest torch vs ONNX Runtime differences (score, map), each relative to the torch values' peak.
-
-    `images` is run as one batch and its first image alone, so a graph that fixed the batch size fails.
-    """
-    import onnxruntime as ort
-    import torch
-
-    from edge_inspect.models.patchcore import MAP_OUTPUT
-    from edge_inspect.training.export import INPUT_NAME, SCORE_NAME
-
-    options = ort.SessionOptions()
-    options.log_severity_level = 3
-    session = ort.InferenceSession(str(path), sess_options=options, providers=["CPUExecutionProvider"])
-    score_error, map_error = 0.0, 0.0
-    for batch in (images, images[:1]):
-        onnx_scores, onnx_maps = session.run([SCORE_NAME, MAP_OUTPUT], {INPUT_NAME: batch})
-        with torch.inference_mode():
-            torch_scores, torch_maps = (t.numpy() for t in model.eval()(torch.from_numpy(batch)))
-        scale = max(float(np.max(np.abs(torch_scores))), 1e-12)
-        score_error = max(score_error, float(np.max(np.abs(onnx_scores - torch_scores))) / scale)
-        map_error = max(map_error, float(np.max(np.abs(onnx_maps - torch_maps))) / scale)
-    return score_error, map_error
-
-
-def export_patchcore_package(
-    model: PatchCore, directory: Path, card: ModelCard, parity_images: np.ndarray
-) -> ModelPackage:
-    """Export, check (ONNX checker, input/output contract, parity with torch) and package `model`."""
-    from edge_inspect.models.patchcore import MAP_OUTPUT
-    from edge_inspect.training.export import SCORE_NAME, ExportError, export_checked
-
-    def map_and_scores_as_torch(path: Path, input_shape: tuple[int, int, int]) -> dict[str, float]:
-        check_map_output(path, input_shape)
-        images = np.ascontiguousarray(parity_images, dtype=np.float32)
-        score_error, map_error = parity_errors(model, path, images)
-        if score_error > SCORE_PARITY or map_error > MAP_PARITY:
-            raise ExportError(
-                f"ONNX Runtime and torch disagree (relative score error {score_error:.1e}, map error "
-                f"{map_error:.1e}; allowed {SCORE_PARITY:.0e} and {MAP_PARITY:.0e}); the exported graph is "
-                "not the fitted model; do not ship it"
-            )
-        return {"score_parity_error": score_error, "map_parity_error": map_error}
-
-    return export_checked(model, directory, card, map_and_scores_as_torch, (SCORE_NAME, MAP_OUTPUT))
 
 
 # --- the whole run ----------------------------------------------------------------------------------
@@ -178,31 +103,6 @@ def require_bank_and_good_val(
             f"the val split of {data} has {len(val_samples)} images and none is good; the threshold needs "
             "good validation images (put more images in train/good/)"
         )
-
-
-def patchcore_card(
-    data: str,
-    recipe: PreprocessRecipe,
-    thresholds: Thresholds,
-    metrics: dict[str, Any],
-    training: dict[str, Any],
-) -> ModelCard:
-    from edge_inspect.models.patchcore import MAP_OUTPUT
-
-    now = datetime.now(timezone.utc)
-    data_name = "elpv" if data == "elpv" else Path(data).name
-    return ModelCard(
-        name=f"{data_name}-{FAMILY}",
-        version=now.strftime("%Y%m%d.%H%M%S"),
-        family=FAMILY,
-        preprocess=recipe,
-        thresholds=thresholds,
-        map_output=MAP_OUTPUT,
-        classes=("anomaly",),
-        metrics=metrics,
-        training=training,
-        created_at=now.isoformat(timespec="seconds"),
-    )
 
 
 def train_patchcore(
@@ -304,8 +204,10 @@ def train_patchcore(
         "torch": torch.__version__,
         "timm": timm.__version__,
     }
-    card = patchcore_card(data, recipe, thresholds, metrics, training)
+    from edge_inspect.training.export import export_map_package, map_model_card
+
+    card = map_model_card(data, FAMILY, recipe, thresholds, metrics, training)
     if progress:
         print("exporting ONNX and checking it against torch…", file=sys.stderr)
     parity_images = preprocess_batch(list(val_images[:PARITY_IMAGES]), recipe)
-    return export_patchcore_package(model, Path(out), card, parity_images).path
+    return export_map_package(model, Path(out), card, parity_images).path
