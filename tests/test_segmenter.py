@@ -136,3 +136,18 @@ def test_trained_on_good_crops_alone_it_finds_a_painted_spot(tmp_path: Path) -> 
     result = evaluate_scored(package_dir, data=str(root), split="test", device="cpu", progress=False).result
     assert (result["n"], result["n_defective"]) == (8, 4) and result["auroc"] >= 0.75
     assert result["pixel_auroc"] > 0.9
+
+
+def test_good_only_training_refuses_data_without_good_images(tmp_path: Path) -> None:
+    from edge_inspect.training.datasets import TrainingDataError
+    from edge_inspect.training.good_only import load_good_only_data
+
+    crop = np.full((32, 32), 128, np.uint8)
+    for folder in ("train/scratch", "test/good"):
+        (tmp_path / "only-defects" / folder).mkdir(parents=True)
+    for i in range(8):
+        cv2.imwrite(str(tmp_path / "only-defects/train/scratch" / f"{i}.png"), crop)
+    with pytest.raises(TrainingDataError, match=r"no good images .* the segmenter learns what good parts"):
+        load_good_only_data(str(tmp_path / "only-defects"), 0, None, False, "the segmenter")
+    with pytest.raises(TrainingDataError, match="neither 'elpv' nor a folder"):
+        load_good_only_data(str(tmp_path / "missing"), 0, None, False, "PatchCore")

@@ -1,11 +1,7 @@
 """Fit a PatchCore memory bank on good images and package it (`edge-inspect train patchcore`).
 
-Data discipline: the bank sees only the good images of the train split (ELPV: defect probability 0;
-a folder: train/good). The validation split sets the threshold: its good images (label rule: defect
-probability < 0.5) for the false-reject target, its defects, when there are any, for the miss rate and
-F1 in the report. For a folder in the common layout (train/good, test/good, test/<defect type>, optional
-ground_truth/) validation is a held-out share of train/, so it holds good images only. The test split
-is never read here.
+Data discipline as for every good-only family (`good_only`): the bank sees only the certainly-good
+images of the train split, the validation split sets the threshold, the test split is never read.
 
 Only stdlib and numpy are imported at module level: the command line reads the defaults from here, and
 `edge-inspect --help` must work without torch.
@@ -15,24 +11,13 @@ from __future__ import annotations
 
 import sys
 import time
-from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import numpy as np
-
 from edge_inspect.inspector.preprocess import preprocess_batch
 from edge_inspect.models.efficientnet_lite0 import CONFIG as LITE0
-from edge_inspect.training.calibrate import DEFAULT_TARGET_FRR, calibrate
-from edge_inspect.training.datasets import (
-    Sample,
-    TrainingDataError,
-    dataset_splits,
-    fingerprint,
-    limit_samples,
-    load_images,
-)
-from edge_inspect.training.metrics import compute_metrics, review_metrics
+from edge_inspect.training.calibrate import DEFAULT_TARGET_FRR
+from edge_inspect.training.good_only import PARITY_IMAGES, calibrated_metrics, load_good_only_data
 from edge_inspect.training.patchcore_scoring import image_scores
 from edge_inspect.training.select_patchcore import TIE_AUROC, Candidate, candidate_grid, within_cost
 from edge_inspect.training.train_classifier import available_cores
@@ -41,7 +26,6 @@ if TYPE_CHECKING:
     from edge_inspect.models.patchcore import PatchCoreConfig
 
 FAMILY = "patchcore"
-PARITY_IMAGES = 3
 DEFAULT_CORESET_RATIO = 0.1
 # What `train patchcore` chooses among when an option is left open (see select_patchcore): every
 # combination that costs no more patch positions per image than 224 px at stride 8 (28 x 28), so that
@@ -52,15 +36,6 @@ CANDIDATE_INPUT_SIZES = (224, 320)
 CANDIDATE_LEVELS = ((4, 5), (3, 4))
 CANDIDATE_NEIGHBOURHOODS = (1, 3)
 CANDIDATE_MAX_POSITIONS = (224 // 8) ** 2
-
-
-def bank_samples(samples: Sequence[Sample]) -> list[Sample]:
-    """Images certain to be good: an ELPV cell rated 1/3 defective may show a real crack, and anything in
-    the bank is normal by definition."""
-    return [s for s in samples if s.probability == 0.0]
-
-
-# --- the whole run ----------------------------------------------------------------------------------
 
 
 def patchcore_config(data: str, coreset_ratio: float, seed: int, flips: bool | None) -> PatchCoreConfig:
@@ -88,21 +63,6 @@ def candidates_for(
     # The cost cap applies to what is left open: settings given explicitly are tried whatever they cost.
     affordable = within_cost(grid, CANDIDATE_MAX_POSITIONS)
     return affordable if affordable and not (input_size and levels) else grid
-
-
-def require_bank_and_good_val(
-    data: str, train_samples: Sequence[Sample], val_samples: Sequence[Sample]
-) -> None:
-    if not train_samples:
-        raise TrainingDataError(
-            f"the train split of {data} has no good images (defect probability 0, or train/good/); "
-            "PatchCore learns what good parts look like from them"
-        )
-    if all(s.defective for s in val_samples):
-        raise TrainingDataError(
-            f"the val split of {data} has {len(val_samples)} images and none is good; the threshold needs "
-            "good validation images (put more images in train/good/)"
-        )
 
 
 def train_patchcore(
@@ -140,49 +100,27 @@ def train_patchcore(
     torch.set_num_threads(threads or available_cores())
     base = patchcore_config(data, coreset_ratio, seed, flips)
     candidates = candidates_for(input_size, levels, neighbourhood, select)
-    splits, root = dataset_splits(data, seed)
-    train_samples = limit_samples(bank_samples(splits["train"]), limit, seed)
-    val_samples = splits["val"]
-    labels = np.array([s.defective for s in val_samples], dtype=bool)
-    require_bank_and_good_val(data, train_samples, val_samples)
-
-    train_images = load_images(train_samples, progress, "read train good")
-    val_images = load_images(val_samples, progress, "read val")
-    val_good = [image for image, defective in zip(val_images, labels, strict=True) if not defective]
+    loaded = load_good_only_data(data, seed, limit, progress, "PatchCore")
+    labels, val_good = loaded.val_labels, loaded.val_good
     # The synthetic defects are drawn on the held-out good images, so they never sit on a banked part.
     synthetic = synthetic_defects(val_good, seed) if len(candidates) > 1 else []
     fit_started = time.perf_counter()
     model, n_patches, trials, reason = try_candidates(
-        candidates, base, train_images, val_good, synthetic, target_frr, progress
+        candidates, base, loaded.train_images, val_good, synthetic, target_frr, progress
     )
     fit_seconds = time.perf_counter() - fit_started
     config = model.config
     recipe = LITE0.recipe(config.input_size)
 
     calibrate_started = time.perf_counter()
-    scores = image_scores(model, val_images, recipe, progress)
-    calibration = calibrate(scores[~labels], scores[labels], target_frr=target_frr, seed=seed)
-    thresholds = calibration.thresholds
+    scores = image_scores(model, loaded.val_images, recipe, progress)
+    thresholds, metrics = calibrated_metrics(labels, scores, target_frr, seed)
     calibrate_seconds = time.perf_counter() - calibrate_started
     train_seconds = time.perf_counter() - started
 
-    metrics = {
-        "split": "val",
-        **compute_metrics(labels, scores, thresholds.threshold),
-        **review_metrics(labels, scores, thresholds),
-        "calibration": calibration.metrics(),
-    }
     training = {
-        "data": data,
-        "split_seed": seed,
-        "data_fingerprint": fingerprint(train_samples, root),
-        "val_fingerprint": fingerprint(val_samples, root),
-        "n_train": len(train_samples),
-        "n_val": len(val_samples),
-        "n_val_defective": int(labels.sum()),
-        "limit": limit,
+        **loaded.record(),
         "bank_rule": "train images with defect probability 0 only",
-        "label_rule": "defective = defect probability >= 0.5",
         "threshold_source": f"val good images, target false-reject rate {target_frr}",
         "selection": {
             "rule": "highest image AUROC on val good images against synthetic defects drawn on them; "
@@ -209,5 +147,5 @@ def train_patchcore(
     card = map_model_card(data, FAMILY, recipe, thresholds, metrics, training)
     if progress:
         print("exporting ONNX and checking it against torch…", file=sys.stderr)
-    parity_images = preprocess_batch(list(val_images[:PARITY_IMAGES]), recipe)
+    parity_images = preprocess_batch(list(loaded.val_images[:PARITY_IMAGES]), recipe)
     return export_map_package(model, Path(out), card, parity_images).path

@@ -1,8 +1,8 @@
 """Train the good-only defect segmenter and package it (`edge-inspect train segmenter`).
 
-Data discipline as for PatchCore: the head learns from the good images of the train split only (ELPV:
-defect probability 0; a folder: train/good) and from synthetic defects drawn on them; the val split
-(for a folder a held-out share of train/good) sets the threshold; the test split is never read.
+Data discipline as for every good-only family (`good_only`): the head learns from the certainly-good
+images of the train split and synthetic defects drawn on them, the validation split sets the threshold,
+the test split is never read.
 
 The check on held-out good images with synthetic defects drawn on them (a different seed from training)
 uses the same defect generator the head was trained on, so it shows that the head learned, not how many
@@ -23,11 +23,10 @@ import numpy as np
 
 from edge_inspect.inspector.preprocess import preprocess_batch
 from edge_inspect.models.efficientnet_lite0 import CONFIG as LITE0
-from edge_inspect.training.calibrate import DEFAULT_TARGET_FRR, calibrate
-from edge_inspect.training.datasets import dataset_splits, fingerprint, limit_samples, load_images
-from edge_inspect.training.metrics import auroc, compute_metrics, miss_rate, review_metrics, threshold_for_frr
+from edge_inspect.training.calibrate import DEFAULT_TARGET_FRR
+from edge_inspect.training.good_only import PARITY_IMAGES, calibrated_metrics, load_good_only_data
+from edge_inspect.training.metrics import auroc, miss_rate, threshold_for_frr
 from edge_inspect.training.train_classifier import available_cores, run_batches
-from edge_inspect.training.train_patchcore import PARITY_IMAGES, bank_samples, require_bank_and_good_val
 
 if TYPE_CHECKING:
     import torch
@@ -202,18 +201,11 @@ def train_segmenter(
     started = time.perf_counter()
     torch.set_num_threads(threads or available_cores())
     seed = config.seed
-    splits, root = dataset_splits(data, seed)
-    train_samples = limit_samples(bank_samples(splits["train"]), limit, seed)
-    val_samples = splits["val"]
-    labels = np.array([s.defective for s in val_samples], dtype=bool)
-    require_bank_and_good_val(data, train_samples, val_samples)
-
-    train_images = load_images(train_samples, progress, "read train good")
-    val_images = load_images(val_samples, progress, "read val")
-    val_good = [image for image, defective in zip(val_images, labels, strict=True) if not defective]
+    loaded = load_good_only_data(data, seed, limit, progress, "the segmenter")
+    labels = loaded.val_labels
 
     model = build_segmenter(config=config).to(memory_format=torch.channels_last)
-    pool, masks, kinds = training_pool(train_images, variants, seed)
+    pool, masks, kinds = training_pool(loaded.train_images, variants, seed)
     features = pool_features(model, pool, progress)
     is_good = torch.tensor([kind == "good" for kind in kinds])
     model.set_feature_statistics(features[is_good])
@@ -222,30 +214,15 @@ def train_segmenter(
     fit_seconds = time.perf_counter() - started
     del features
 
-    check = synthetic_check(model, val_good, seed, target_frr, progress)
+    check = synthetic_check(model, loaded.val_good, seed, target_frr, progress)
     calibrate_started = time.perf_counter()
-    scores = segmenter_scores(model, val_images, progress)
-    calibration = calibrate(scores[~labels], scores[labels], target_frr=target_frr, seed=seed)
-    thresholds = calibration.thresholds
+    scores = segmenter_scores(model, loaded.val_images, progress)
+    thresholds, metrics = calibrated_metrics(labels, scores, target_frr, seed)
+    metrics["synthetic_check"] = check
     calibrate_seconds = time.perf_counter() - calibrate_started
-    metrics = {
-        "split": "val",
-        **compute_metrics(labels, scores, thresholds.threshold),
-        **review_metrics(labels, scores, thresholds),
-        "calibration": calibration.metrics(),
-        "synthetic_check": check,
-    }
     training = {
-        "data": data,
-        "split_seed": seed,
-        "data_fingerprint": fingerprint(train_samples, root),
-        "val_fingerprint": fingerprint(val_samples, root),
-        "n_train": len(train_samples),
-        "n_val": len(val_samples),
-        "n_val_defective": int(labels.sum()),
-        "limit": limit,
+        **loaded.record(),
         "train_rule": "train images with defect probability 0 only, each with synthetic-defect copies",
-        "label_rule": "defective = defect probability >= 0.5",
         "threshold_source": f"val good images, target false-reject rate {target_frr}",
         "n_pool": len(pool),
         "variants": variants,
@@ -265,5 +242,5 @@ def train_segmenter(
     card = map_model_card(data, FAMILY, recipe, thresholds, metrics, training)
     if progress:
         print("exporting ONNX and checking it against torch…", file=sys.stderr)
-    parity_images = preprocess_batch(list(val_images[:PARITY_IMAGES]), recipe)
+    parity_images = preprocess_batch(list(loaded.val_images[:PARITY_IMAGES]), recipe)
     return export_map_package(model.eval(), Path(out), card, parity_images).path
