@@ -204,6 +204,7 @@ def train_segmenter(
     loaded = load_good_only_data(data, seed, limit, progress, "the segmenter")
     labels = loaded.val_labels
 
+    fit_started = time.perf_counter()
     model = build_segmenter(config=config).to(memory_format=torch.channels_last)
     pool, masks, kinds = training_pool(loaded.train_images, variants, seed)
     features = pool_features(model, pool, progress)
@@ -211,7 +212,7 @@ def train_segmenter(
     model.set_feature_statistics(features[is_good])
     targets = torch.from_numpy(defect_targets(masks, tuple(features.shape[-2:])))
     losses = fit_head(model, features, targets, epochs, seed, progress)
-    fit_seconds = time.perf_counter() - started
+    fit_seconds = time.perf_counter() - fit_started
     del features
 
     check = synthetic_check(model, loaded.val_good, seed, target_frr, progress)
