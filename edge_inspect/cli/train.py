@@ -15,7 +15,7 @@ from typing import Any
 
 from edge_inspect.models.efficientnet_lite0 import CONFIG as LITE0
 from edge_inspect.models.families import get_family, known_families
-from edge_inspect.models.package import ModelPackage, ModelPackageError, load_package
+from edge_inspect.models.package import ModelCard, ModelPackage, ModelPackageError, load_package
 from edge_inspect.training.calibrate import DEFAULT_TARGET_FRR
 from edge_inspect.training.datasets import TrainingDataError
 from edge_inspect.training.train_classifier import FINETUNE_INPUT_SIZE, RECIPES, TrainConfig
@@ -294,7 +294,7 @@ def package_line(package: ModelPackage) -> str:
     return f"model package {package.path} ({card.name} {card.version}, sha256 {card.onnx_sha256[:12]}…)"
 
 
-def calibration_lines(card: Any, seconds: float) -> list[str]:
+def calibration_lines(card: ModelCard, seconds: float) -> list[str]:
     """Threshold, how sure the false-reject rate is, validation AUROC and time: every good-only family."""
     t = card.thresholds
     calibration = card.metrics["calibration"]

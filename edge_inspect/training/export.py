@@ -1,9 +1,9 @@
 """From a trained torch module to a verified model package (model.onnx + model.json).
 
 The graph takes `image` (N, C, H, W) float32 with a dynamic batch axis and returns `score` (N,), and for
-the good-only families also `anomaly_map` (N, H, W). Every
-export is checked three ways before the package is written: the ONNX checker, the input/output
-contract the inspector relies on, and ONNX Runtime against torch on real inputs.
+the good-only families also `anomaly_map` (N, H, W). Every export is checked three ways before the
+package is written: the ONNX checker, the input/output contract the inspector relies on, and ONNX
+Runtime against torch on real inputs.
 """
 
 from __future__ import annotations

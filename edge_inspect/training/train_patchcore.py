@@ -93,6 +93,7 @@ def train_patchcore(
     import timm
     import torch
 
+    from edge_inspect.training.export import export_map_package, map_model_card
     from edge_inspect.training.select_patchcore import try_candidates
     from edge_inspect.training.synthetic_anomalies import synthetic_defects
 
@@ -142,8 +143,6 @@ def train_patchcore(
         "torch": torch.__version__,
         "timm": timm.__version__,
     }
-    from edge_inspect.training.export import export_map_package, map_model_card
-
     card = map_model_card(data, FAMILY, recipe, thresholds, metrics, training)
     if progress:
         print("exporting ONNX and checking it against torch…", file=sys.stderr)
