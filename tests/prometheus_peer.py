@@ -18,6 +18,7 @@ from typing import Any
 import pytest
 import yaml
 
+from tests.helpers import wait_until
 from tests.output_peers import free_port, wait_port
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -73,9 +74,18 @@ class Prometheus:
             )
         try:
             wait_port(self.port, 20)
+            # The port opens before the TSDB is loaded: until then the API answers 503.
+            wait_until(self.ready, 30, "prometheus ready", 0.2)
         except AssertionError:
             self.close()
             raise AssertionError(f"prometheus did not start:\n{self.log()}") from None
+
+    def ready(self) -> bool:
+        try:
+            with urllib.request.urlopen(f"{self.url}/-/ready", timeout=5) as response:
+                return response.status == 200
+        except (urllib.error.URLError, OSError):
+            return False
 
     def api(self, path: str) -> Any:
         """The `data` of a Prometheus HTTP API answer (`/api/v1/...`)."""

@@ -29,7 +29,8 @@ LIBRARY_GATEWAY = BLOCK_HEAVY + textwrap.dedent(
     from edge_inspect.bus.contracts import parse_header, raw_pixels
 
     with bus.FrameReceiver("tcp://127.0.0.1:*") as receiver:
-        config = base.CameraConfig("cam-gw", "line-1", receiver.endpoint, fps=0, max_frames=4)
+        # The raw receiver never acknowledges: do not wait for acks at the end of the run.
+        config = base.CameraConfig("cam-gw", "line-1", receiver.endpoint, fps=0, max_frames=4, drain_s=0)
         stats = base.run_camera(synthetic.SyntheticSource(64, 48, 1, seed=5), config, threading.Event())
         received = []
         while len(received) < stats.sent and (parts := receiver.recv(timeout_ms=5000)) is not None:
@@ -53,6 +54,7 @@ COMMAND_GATEWAY = BLOCK_HEAVY + textwrap.dedent(
 
     with FrameReceiver("tcp://127.0.0.1:*") as receiver:
         argv = ["camera", "synthetic", "--width", "64", "--height", "48", "--fps", "0", "--max-frames", "3"]
+        argv += ["--drain-s", "0"]  # the raw receiver never acknowledges
         code = main([*argv, "--endpoint", receiver.endpoint])
         frames = sum(receiver.recv(timeout_ms=5000) is not None for _ in range(3))
     print(f"frames={frames}")

@@ -351,7 +351,9 @@ def test_only_trusted_clients_read_a_secured_server(tmp_path: Path, pki: OpcUaPk
     db, port, metrics = tmp_path / "records.sqlite", free_port(), InspectorMetrics()
     result = make_result(0, verdict="NG")
     record(db, result)
-    output = OpcUaOutput(secure_config(pki, port), db, tmp_path / "outputs.sqlite", metrics)
+    # The reject's freshness is not under test: a loaded machine may take seconds to start a secure server.
+    config = secure_config(pki, port, reject_max_age_ms=120_000)
+    output = OpcUaOutput(config, db, tmp_path / "outputs.sqlite", metrics)
     output.start()
     try:
         asyncio.run(_only_trusted_clients(f"opc.tcp://127.0.0.1:{port}/edgeinspect/", pki, result.result_id))
