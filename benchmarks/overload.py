@@ -17,7 +17,7 @@ Checks: peak RSS under a ceiling derived from the queues' byte budget (model and
 a warm-up + budget + frames in flight outside the queues + a fixed allowance); every frame accounted for,
 per camera; the lossless cameras back-pressured; latency recovered. Each camera has its own id per phase,
 so its frames are counted apart. Progress on stderr; the last stdout line is one JSON object.
-`--smoke` (toy model, tiny frames, 20 s overload, 10 s recovery) checks the machinery in about a minute.
+`--smoke` (toy model, tiny frames, 12 s overload, 6 s recovery) checks the machinery in about 40 s.
 """
 
 from __future__ import annotations
@@ -97,14 +97,12 @@ def parse_args(argv: Sequence[str] | None) -> Plan:
     parser.add_argument(
         "--max-queued-mb", type=float, default=None, help="inspector byte budget (default: its own, 512)"
     )
-    parser.add_argument("--smoke", action="store_true", help="toy model, tiny frames, 20 s + 10 s")
+    parser.add_argument("--smoke", action="store_true", help="toy model, tiny frames, 12 s + 6 s")
     args = parser.parse_args(argv)
     if args.cameras < 2 or args.cameras % 2:
         parser.error("--cameras must be even and at least 2: half lossless, half latest")
     if args.smoke:
-        return Plan(
-            2, 5, 5, 20, 10, 2, args.cameras, 64, 48, True, args.queue_depth, args.max_queued_mb, None
-        )
+        return Plan(2, 4, 4, 12, 6, 2, args.cameras, 64, 48, True, args.queue_depth, args.max_queued_mb, None)
     return Plan(
         *(5.0, args.rate_s, 20.0, args.minutes * 60, args.recovery_s, args.sample_s, args.cameras),
         *(args.width, args.height, args.toy, args.queue_depth, args.max_queued_mb, args.model),
