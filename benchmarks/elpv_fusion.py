@@ -21,7 +21,7 @@ import numpy as np
 from edge_inspect.training.evaluate import evaluate_scored
 from edge_inspect.training.metrics import best_threshold, compute_metrics, operating_point, threshold_for_frr
 
-# The false-reject rate the quality engineer promises; its threshold is set on validation good parts.
+# A false-reject rate a line promises its quality engineer; its threshold is set on validation good parts.
 PROMISED_FRR = 0.02
 
 
